@@ -1,0 +1,14 @@
+"""diffhmc: one conditional diffusion model that emulates 2D dark-matter maps and
+infers (Omega_m, sigma_8) from a map by Hamiltonian Monte Carlo on its variational bound.
+
+Layers (imports flow downwards only)::
+
+    errors, prior, fileio            validation, parameter space, atomic I/O
+    cosmology -> pm -> simulator     particle-mesh N-body maps (physical units)
+    gaussian                         Gaussian fields with an exact likelihood
+    stats                            summary statistics (power spectrum, PDF, peaks, MFs)
+    dataset, camels                  one on-disk dataset format, CAMELS reader
+    plots, cli                       figures and the command line (the only console/plot code)
+"""
+
+__version__ = "0.1.0"

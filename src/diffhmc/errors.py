@@ -1,0 +1,66 @@
+"""User-facing errors and input validation.
+
+Every check raises :class:`DiffHMCError` with a one-line message that names the
+problem and the offending value; the CLI turns it into ``error: ...`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+class DiffHMCError(ValueError):
+    """A problem with the user's input (data, parameters, files, checkpoints)."""
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def check_finite(x: np.ndarray | torch.Tensor, name: str) -> None:
+    """Raise if ``x`` holds NaN or inf, naming the count and first position."""
+    arr = _as_numpy(x)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DiffHMCError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), "
+            f"first at index {idx}: {arr[idx]!r}"
+        )
+
+
+def check_positive(x: np.ndarray | torch.Tensor, name: str) -> None:
+    """Raise if ``x`` has a value <= 0 (e.g. a density about to go through a log)."""
+    check_finite(x, name)
+    arr = _as_numpy(x)
+    bad = arr <= 0
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DiffHMCError(
+            f"{name} must be strictly positive before taking log10, but has "
+            f"{int(bad.sum())} value(s) <= 0, first at index {idx}: {arr[idx]!r}"
+        )
+
+
+def check_ndim(x: np.ndarray | torch.Tensor, ndims: Sequence[int], name: str) -> None:
+    """Raise unless ``x.ndim`` is one of ``ndims``."""
+    if x.ndim not in tuple(ndims):
+        raise DiffHMCError(
+            f"{name} must have {' or '.join(str(n) for n in ndims)} dimensions, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def check_square_maps(x: np.ndarray | torch.Tensor, name: str) -> tuple[int, int]:
+    """Check a map ``(H, W)`` or a batch ``(N, H, W)`` of square maps; return ``(N, H)``."""
+    check_ndim(x, (2, 3), name)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h != w or h < 4:
+        raise DiffHMCError(f"{name} must hold square maps of side >= 4, got shape {tuple(x.shape)}")
+    n = 1 if x.ndim == 2 else int(x.shape[0])
+    return n, h
