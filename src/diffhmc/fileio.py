@@ -29,6 +29,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give ordinary permissions
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -56,7 +59,7 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
 
     def _w(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     return _write_with(path, _w)
 
@@ -74,7 +77,11 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
     text = json.dumps(obj, indent=2, default=_default)
-    return _write_with(path, lambda tmp: tmp.write_text(text + "\n"))
+
+    def _w(tmp: Path) -> None:
+        tmp.write_text(text + "\n")
+
+    return _write_with(path, _w)
 
 
 def save_figure(path: str | os.PathLike[str], fig: Any, dpi: int = 120) -> Path:
@@ -107,3 +114,26 @@ def load_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DiffHMCError(f"{what} {p} is not valid JSON ({exc})") from None
+
+
+def new_run_dir(out: str | os.PathLike[str] | None, command: str, root: str = "runs") -> Path:
+    """Create and return a fresh output folder.
+
+    ``out=None`` gives ``runs/<command>-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``... appended if
+    taken). An explicit ``out`` must not exist yet or be empty: run folders are never
+    overwritten.
+    """
+    import time
+
+    if out is None:
+        stem = Path(root) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, i = stem, 1
+        while path.exists():
+            i += 1
+            path = stem.with_name(f"{stem.name}-{i}")
+    else:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise DiffHMCError(f"output folder {path} already exists and is not empty")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

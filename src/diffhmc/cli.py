@@ -1,0 +1,231 @@
+"""The ``diffhmc`` command line: each subcommand parses, validates, calls one library
+function and reports. Errors from bad input print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffhmc import __version__
+from diffhmc.errors import DiffHMCError
+
+EPILOG_FMT = "example:\n  {}"
+
+
+def _parser(sub: Any, name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=EPILOG_FMT.format(example),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file of simulation settings (keys of SimConfig)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one simulation setting, e.g. --set n_steps=20 (repeatable)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="map pixels per side (shortcut for --set map_resolution=R)",
+    )
+
+
+def load_sim_config(path: Path | None, overrides: list[str], resolution: int | None = None):
+    """SimConfig from an optional YAML file plus ``KEY=VALUE`` overrides (validated)."""
+    from diffhmc.simulator import SimConfig
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise DiffHMCError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DiffHMCError(f"config file {path} is not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise DiffHMCError(f"config file {path} must hold a mapping of settings")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DiffHMCError(f"override must look like KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    if resolution is not None:
+        values["map_resolution"] = resolution
+    try:
+        return SimConfig.from_dict({**SimConfig().to_dict(), **values})
+    except TypeError as exc:
+        raise DiffHMCError(f"invalid simulation settings: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffhmc",
+        description="Emulate 2D dark-matter maps and infer (Omega_m, sigma_8) from them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"diffhmc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = _parser(
+        sub,
+        "demo",
+        "Main job: simulate maps at seeded cosmologies and compare their statistics with plots.",
+        "diffhmc demo --out runs/demo",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p.add_argument("--seed", type=int, default=2024, help="simulation seed")
+    _add_sim_config_args(p)
+
+    p = _parser(
+        sub,
+        "simulate",
+        "Run one particle-mesh simulation and save its 15 maps.",
+        "diffhmc simulate --omega-m 0.3 --sigma-8 0.8 --seed 1 --out runs/sim1",
+    )
+    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
+    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed")
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    _add_sim_config_args(p)
+
+    p = _parser(sub, "dataset", "Create or inspect datasets.", "diffhmc dataset info data/pm64")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    g = _parser(
+        dsub,
+        "generate",
+        "Simulate a Latin-hypercube dataset (resumable).",
+        "diffhmc dataset generate --out data/pm64 --n-sims 1000 --seed 0 --workers 2",
+    )
+    g.add_argument("--out", type=Path, required=True, help="dataset folder")
+    g.add_argument("--n-sims", type=int, default=1000, help="number of simulations")
+    g.add_argument("--seed", type=int, default=0, help="design and simulation seed")
+    g.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    _add_sim_config_args(g)
+    c = _parser(
+        dsub,
+        "import-camels",
+        "Convert CAMELS CMD files into a dataset.",
+        "diffhmc dataset import-camels /data/CMD --out data/camels64 --resolution 64",
+    )
+    c.add_argument("root", type=Path, help="folder with Maps_*.npy and params_*.txt")
+    c.add_argument("--out", type=Path, required=True, help="dataset folder")
+    c.add_argument("--field", default="Mcdm", help="CMD field")
+    c.add_argument("--suite", default="IllustrisTNG", help="CAMELS suite")
+    c.add_argument("--set-name", default="LH", help="CAMELS set (LH, 1P, CV, EX)")
+    c.add_argument("--resolution", type=int, default=None, help="pool maps to R x R")
+    c.add_argument("--max-sims", type=int, default=None, help="keep the first N simulations")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    i = _parser(dsub, "info", "Describe a dataset.", "diffhmc dataset info data/pm64")
+    i.add_argument("path", type=Path, help="dataset folder")
+
+    p = _parser(
+        sub,
+        "stats",
+        "Summary statistics of maps, optionally compared with a second "
+        "set (power spectrum, pixel PDF, peaks, Minkowski functionals).",
+        "diffhmc stats data/pm64 --split val --compare emulated.npy --out runs/st",
+    )
+    p.add_argument("maps", type=Path, help=".npy maps (N, R, R) or a dataset folder")
+    p.add_argument("--split", default=None, help="dataset split for MAPS")
+    p.add_argument("--compare", type=Path, default=None, help="second set of maps")
+    p.add_argument("--compare-split", default=None, help="dataset split for --compare")
+    p.add_argument("--labels", nargs=2, default=("set A", "set B"), help="names of the sets")
+    p.add_argument("--max-maps", type=int, default=None, help="use at most N maps per set")
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffhmc import report
+    from diffhmc.fileio import new_run_dir
+
+    if args.command == "demo":
+        cfg = load_sim_config(args.config, args.overrides, args.resolution)
+        report.simulator_demo(new_run_dir(args.out, "demo"), seed=args.seed, config=cfg)
+    elif args.command == "simulate":
+        cfg = load_sim_config(args.config, args.overrides, args.resolution)
+        report.simulate_to_folder(
+            args.omega_m, args.sigma_8, args.seed, cfg, new_run_dir(args.out, "simulate")
+        )
+    elif args.command == "dataset":
+        return _run_dataset(args)
+    elif args.command == "stats":
+        maps_a, box = report.load_maps(args.maps, args.split, args.max_maps)
+        out = new_run_dir(args.out, "stats")
+        if args.compare is None:
+            maps_b, labels = maps_a, (args.labels[0], args.labels[0])
+        else:
+            maps_b, _ = report.load_maps(args.compare, args.compare_split, args.max_maps)
+            labels = tuple(args.labels)
+        report.compare_statistics(maps_a, maps_b, out, labels, box)  # type: ignore[arg-type]
+        print(f"statistics and plots in {out}")
+    return 0
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from diffhmc import camels, dataset
+
+    if args.dataset_command == "generate":
+        cfg = load_sim_config(args.config, args.overrides, args.resolution)
+        ds = dataset.generate_dataset(
+            args.out, args.n_sims, cfg, args.seed, workers=args.workers, overwrite=args.overwrite
+        )
+    elif args.dataset_command == "import-camels":
+        ds = camels.import_camels(
+            args.root,
+            args.out,
+            field=args.field,
+            suite=args.suite,
+            set_=args.set_name,
+            resolution=args.resolution,
+            max_sims=args.max_sims,
+            overwrite=args.overwrite,
+        )
+    else:
+        ds = dataset.load_dataset(args.path)
+    sizes = {k: len(v) for k, v in ds.splits.items()}
+    print(
+        f"{ds.path}: {len(ds)} maps of {ds.resolution}^2 from {ds.n_sims} simulations; "
+        f"parameters {list(ds.space.names)}; splits (simulations) {sizes}; "
+        f"log10 range [{ds.normalization.log10_min:.3f}, {ds.normalization.log10_max:.3f}]"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DiffHMCError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
