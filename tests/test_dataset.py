@@ -1,4 +1,4 @@
-"""Tests of the on-disk dataset format, its writer/loader, and the dataset generator."""
+"""Tests of the on-disk dataset format and its writer/loader."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ import torch
 from diffhmc.dataset import (
     FORMAT_NAME,
     Normalization,
-    generate_dataset,
-    latin_hypercube,
     load_dataset,
-    simulation_seeds,
     split_simulations,
     write_dataset,
 )
 from diffhmc.errors import DiffHMCError
+from diffhmc.generate import latin_hypercube
 from diffhmc.prior import ParamSpace
 
 SPACE = ParamSpace.camels()
@@ -53,75 +51,7 @@ def _assert_nothing_left(parent: Path, name: str) -> None:
     assert leftovers == []
 
 
-class _Cfg:
-    """A minimal config for the stand-in simulator (only ``to_dict`` is needed)."""
-
-    def __init__(self, map_resolution: int = 8) -> None:
-        self.map_resolution = map_resolution
-
-    def to_dict(self) -> dict:
-        return {"map_resolution": self.map_resolution, "box_size": 25.0}
-
-
-CALLS: list[int] = []  # seeds the stand-in was called with (in-process runs only)
-FAIL_SEEDS: set[int] = set()
-
-
-def standin_sim(omega_m: float, sigma_8: float, seed: int, config: _Cfg) -> np.ndarray:
-    """Deterministic positive (15, R, R) maps depending on the parameters and the seed."""
-    if seed in FAIL_SEEDS:
-        raise RuntimeError(f"stand-in simulator interrupted at seed {seed}")
-    CALLS.append(seed)
-    rng = np.random.default_rng(seed)
-    r = config.map_resolution
-    return (1e12 * omega_m * np.exp(sigma_8 * rng.normal(size=(PER_SIM, r, r)))).astype(np.float32)
-
-
-def logged_real_sim(omega_m: float, sigma_8: float, seed: int, config) -> np.ndarray:
-    """The real simulator, logging each call to a file and failing on a chosen seed.
-
-    Works across spawned worker processes: they inherit the environment variables.
-    """
-    from diffhmc.simulator import simulate_maps
-
-    if os.environ.get("DIFFHMC_TEST_FAIL_SEED") == str(seed):
-        raise RuntimeError(f"interrupted at seed {seed}")
-    with open(os.environ["DIFFHMC_TEST_SIM_LOG"], "a") as f:
-        f.write(f"{seed}\n")
-    return simulate_maps(omega_m, sigma_8, seed, config)
-
-
-@pytest.fixture(autouse=True)
-def _reset_standin():
-    CALLS.clear()
-    FAIL_SEEDS.clear()
-    yield
-    CALLS.clear()
-    FAIL_SEEDS.clear()
-
-
-def _tiny_config():
-    from diffhmc.simulator import SimConfig
-
-    return SimConfig(n_particles=16, n_mesh=16, n_steps=3, map_resolution=16)
-
-
-# ----------------------------------------------------------------------------- design, splits
-
-
-def test_latin_hypercube_fills_each_bin_once_and_is_seeded():
-    space = ParamSpace.camels(("Omega_m", "sigma_8", "A_SN1"))
-    n = 40
-    x = latin_hypercube(n, space, seed=3)
-    assert x.shape == (n, 3) and x.dtype == np.float64
-    u = space.normalize(x)
-    assert (u >= 0).all() and (u < 1).all()
-    for j in range(3):  # exactly one point per bin in every dimension
-        assert sorted(np.floor(u[:, j] * n).astype(int)) == list(range(n))
-    np.testing.assert_array_equal(x, latin_hypercube(n, space, seed=3))
-    assert not np.allclose(x, latin_hypercube(n, space, seed=4))
-    with pytest.raises(DiffHMCError, match="seed"):
-        latin_hypercube(4, space, seed=-1)
+# ----------------------------------------------------------------------------- splits
 
 
 def test_split_simulations_contiguous_disjoint_nonempty():
@@ -146,15 +76,6 @@ def test_split_simulations_contiguous_disjoint_nonempty():
 def test_split_simulations_rejects_bad_fractions(fractions, match):
     with pytest.raises(DiffHMCError, match=match):
         split_simulations(10, fractions)
-
-
-def test_simulation_seeds_deterministic_and_distinct():
-    a = simulation_seeds(7, 500)
-    assert a.dtype == np.int64 and a.shape == (500,)
-    assert len(set(a.tolist())) == 500 and a.min() >= 0 and a.max() < 2**32
-    np.testing.assert_array_equal(a, simulation_seeds(7, 500))
-    np.testing.assert_array_equal(a[:10], simulation_seeds(7, 10))  # prefix-stable
-    assert not np.array_equal(a, simulation_seeds(8, 500))
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -382,104 +303,3 @@ def test_load_rejects_foreign_meta(tmp_path):
     (tmp_path / "ds" / "meta.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DiffHMCError, match="is not a diffhmc-dataset file"):
         load_dataset(tmp_path / "ds")
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-def test_generate_with_standin_resumes_only_missing_shards(tmp_path):
-    n, seed = 6, 11
-    seeds = simulation_seeds(seed, n)
-    out = tmp_path / "gen"
-    kw = dict(n_sims=n, config=_Cfg(), seed=seed, workers=1, simulate_fn=standin_sim)
-    FAIL_SEEDS.add(int(seeds[4]))
-    with pytest.raises(RuntimeError, match="interrupted"):
-        generate_dataset(out, progress=False, **kw)
-    shards = sorted(p.name for p in (out / "shards").glob("sim_*.npz"))
-    assert shards == [f"sim_{i:05d}.npz" for i in range(4)]
-    assert not (out / "maps.npy").exists()
-    assert CALLS == seeds[:4].tolist()
-
-    (out / "shards" / "sim_00001.npz").unlink()
-    FAIL_SEEDS.clear()
-    CALLS.clear()
-    ds = generate_dataset(out, progress=False, **kw)
-    assert CALLS == [int(seeds[1]), int(seeds[4]), int(seeds[5])]  # only the missing ones
-    assert not (out / "shards").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
-    theta = latin_hypercube(n, SPACE, seed)
-    np.testing.assert_array_equal(ds.sim_seeds, seeds)
-    np.testing.assert_array_equal(ds.params, np.repeat(theta, PER_SIM, axis=0))
-    for i in range(n):  # shard i landed in rows 15 i .. 15 i + 14
-        expect = standin_sim(theta[i, 0], theta[i, 1], int(seeds[i]), _Cfg())
-        np.testing.assert_array_equal(ds.maps[PER_SIM * i : PER_SIM * (i + 1)], expect)
-    prov = ds.meta["provenance"]
-    assert prov["source"] == "diffhmc-pm" and prov["seed"] == seed
-    assert prov["design"] == "latin_hypercube" and prov["sim_config"] == _Cfg().to_dict()
-
-
-def test_generate_refuses_to_mix_different_arguments(tmp_path):
-    seeds = simulation_seeds(5, 4)
-    FAIL_SEEDS.add(int(seeds[2]))
-    out = tmp_path / "gen"
-    base = dict(n_sims=4, config=_Cfg(), seed=5, workers=1, simulate_fn=standin_sim)
-    with pytest.raises(RuntimeError):
-        generate_dataset(out, progress=False, **base)
-    FAIL_SEEDS.clear()
-    with pytest.raises(DiffHMCError, match=r"different arguments \(seed: recorded 5, now 6\)"):
-        generate_dataset(out, progress=False, **{**base, "seed": 6})
-    with pytest.raises(DiffHMCError, match="different arguments.*sim_config"):
-        generate_dataset(out, progress=False, **{**base, "config": _Cfg(map_resolution=16)})
-    with pytest.raises(DiffHMCError, match="different arguments.*n_sims"):
-        generate_dataset(out, progress=False, **{**base, "n_sims": 5})
-    assert len(list((out / "shards").glob("sim_*.npz"))) == 2  # untouched
-    ds = generate_dataset(out, progress=False, **base)
-    assert ds.n_sims == 4
-    with pytest.raises(DiffHMCError, match="already exists"):
-        generate_dataset(out, progress=False, **base)
-
-
-def test_generate_real_simulator_is_deterministic(tmp_path):
-    cfg = _tiny_config()
-    a = generate_dataset(tmp_path / "a", n_sims=3, config=cfg, seed=2, workers=1, progress=False)
-    b = generate_dataset(tmp_path / "b", n_sims=3, config=cfg, seed=2, workers=1, progress=False)
-    c = generate_dataset(tmp_path / "c", n_sims=3, config=cfg, seed=3, workers=1, progress=False)
-    assert a.maps.shape == (45, 16, 16) and a.meta["maps_per_sim"] == 15
-    np.testing.assert_array_equal(a.maps, b.maps)
-    np.testing.assert_array_equal(a.params, b.params)
-    np.testing.assert_array_equal(a.sim_seeds, b.sim_seeds)
-    assert not np.array_equal(a.maps, c.maps)
-    assert type(cfg).from_dict(a.meta["provenance"]["sim_config"]) == cfg
-    assert a.meta["provenance"]["simulator"] == "diffhmc.simulator.simulate_maps"
-    assert a.box_size == cfg.box_size
-
-
-def test_generate_real_simulator_parallel_resume(tmp_path, monkeypatch):
-    """An interrupted run resumes in two spawned workers recomputing only missing shards."""
-    from diffhmc.simulator import simulate_maps
-
-    cfg = _tiny_config()
-    n, seed = 5, 21
-    seeds = simulation_seeds(seed, n)
-    log = tmp_path / "calls.log"
-    monkeypatch.setenv("DIFFHMC_TEST_SIM_LOG", str(log))
-    monkeypatch.setenv("DIFFHMC_TEST_FAIL_SEED", str(seeds[4]))
-    out = tmp_path / "gen"
-    kw = dict(n_sims=n, config=cfg, seed=seed, simulate_fn=logged_real_sim)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        generate_dataset(out, workers=1, progress=False, **kw)
-    assert sorted(int(s) for s in log.read_text().split()) == sorted(seeds[:4].tolist())
-    done = sorted(p.name for p in (out / "shards").glob("sim_*.npz"))
-    assert done == [f"sim_{i:05d}.npz" for i in range(4)]
-    for i in (1, 2):
-        (out / "shards" / f"sim_{i:05d}.npz").unlink()
-    log.write_text("")
-    monkeypatch.delenv("DIFFHMC_TEST_FAIL_SEED")
-    ds = generate_dataset(out, workers=2, progress=False, **kw)  # the worker processes log
-    recomputed = sorted(int(s) for s in log.read_text().split())
-    assert recomputed == sorted(int(seeds[i]) for i in (1, 2, 4))
-    theta = latin_hypercube(n, SPACE, seed)
-    for i in range(n):
-        expect = simulate_maps(float(theta[i, 0]), float(theta[i, 1]), int(seeds[i]), cfg)
-        np.testing.assert_array_equal(ds.maps[PER_SIM * i : PER_SIM * (i + 1)], expect)
-    assert not (out / "shards").exists()

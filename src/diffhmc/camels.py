@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from diffhmc.dataset import DEFAULT_FRACTIONS, Dataset, _build_dataset, _check_target
+from diffhmc.dataset import (
+    DEFAULT_FRACTIONS,
+    Dataset,
+    build_dataset,
+    check_count,
+    check_target,
+    copy_maps,
+    expand_per_sim,
+)
 from diffhmc.errors import DiffHMCError
 from diffhmc.fileio import load_npy, require_file
 from diffhmc.prior import CAMELS_PARAM_NAMES, ParamSpace
@@ -149,9 +157,7 @@ def _open_camels(
             f"{MAPS_PER_SIM * n_sims} maps"
         )
     if max_sims is not None:
-        if int(max_sims) < 1:
-            raise DiffHMCError(f"max_sims must be >= 1, got {max_sims}")
-        n_sims = min(n_sims, int(max_sims))
+        n_sims = min(n_sims, check_count(max_sims, "max_sims"))
         table = table[:n_sims]
         maps = maps[: MAPS_PER_SIM * n_sims]
     cols = [CAMELS_PARAM_NAMES.index(n) for n in space.names]
@@ -188,10 +194,9 @@ def pool_maps(maps: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4)).astype(np.float32)
 
 
-def _pool_into(src: np.ndarray, dst: np.ndarray, factor: int, chunk: int = _CHUNK) -> None:
+def _pool_into(src: np.ndarray, dst: np.ndarray, factor: int) -> None:
     """Pool ``src`` (N, R, R) into preallocated ``dst`` (N, R/f, R/f) in chunks of maps."""
-    for a in range(0, int(src.shape[0]), chunk):
-        dst[a : a + chunk] = pool_maps(src[a : a + chunk], factor)
+    copy_maps(src, dst, lambda chunk: pool_maps(chunk, factor), chunk_size=_CHUNK)
 
 
 def read_camels(
@@ -220,11 +225,10 @@ def read_camels(
         out = np.empty((maps.shape[0], native // factor, native // factor), dtype=np.float32)
         _pool_into(maps, out, factor)
         maps = out
-    n_sims = int(sim_params.shape[0])
-    sim_id = np.repeat(np.arange(n_sims, dtype=np.int64), MAPS_PER_SIM)
+    params_per_map, sim_id = expand_per_sim(sim_params, MAPS_PER_SIM)
     return CamelsMaps(
         maps=maps,
-        params=np.repeat(sim_params, MAPS_PER_SIM, axis=0),
+        params=params_per_map,
         sim_params=sim_params,
         sim_id=sim_id,
         space=space,
@@ -258,7 +262,7 @@ def import_camels(
     (e.g. a non-positive pixel, which log10 cannot take) leaves no output directory.
     """
     target = Path(out_dir)
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     src, sim_params, space, maps_path, params_path = _open_camels(
         root, field, suite, set_, params, max_sims
     )
@@ -266,10 +270,7 @@ def import_camels(
     factor = _pool_factor(native, resolution)
     res = native // factor
     n_sims = int(sim_params.shape[0])
-    n = MAPS_PER_SIM * n_sims
-
-    def fill(dst: np.ndarray) -> None:
-        _pool_into(src, dst, factor)
+    params_per_map, sim_id = expand_per_sim(sim_params, MAPS_PER_SIM)
 
     provenance: dict[str, Any] = {
         "source": "camels",
@@ -283,12 +284,12 @@ def import_camels(
         "max_sims": max_sims,
         "params_columns": list(CAMELS_PARAM_NAMES),
     }
-    return _build_dataset(
+    return build_dataset(
         target,
-        (n, res, res),
-        fill,
-        np.repeat(sim_params, MAPS_PER_SIM, axis=0),
-        np.repeat(np.arange(n_sims, dtype=np.int64), MAPS_PER_SIM),
+        (len(sim_id), res, res),
+        lambda dst: _pool_into(src, dst, factor),
+        params_per_map,
+        sim_id,
         np.full(n_sims, -1, dtype=np.int64),
         MAPS_PER_SIM,
         space,

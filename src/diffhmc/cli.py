@@ -53,28 +53,49 @@ def load_sim_config(path: Path | None, overrides: list[str], resolution: int | N
     """SimConfig from an optional YAML file plus ``KEY=VALUE`` overrides (validated)."""
     from diffhmc.simulator import SimConfig
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise DiffHMCError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DiffHMCError(f"config file {path} is not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise DiffHMCError(f"config file {path} must hold a mapping of settings")
-        values.update(loaded)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise DiffHMCError(f"override must look like KEY=VALUE, got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw)
+    values = _apply_overrides(_read_yaml(path) if path is not None else {}, overrides)
     if resolution is not None:
         values["map_resolution"] = resolution
     try:
         return SimConfig.from_dict({**SimConfig().to_dict(), **values})
     except TypeError as exc:
         raise DiffHMCError(f"invalid simulation settings: {exc}") from None
+
+
+def _apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (YAML-typed values) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise DiffHMCError(f"override must look like KEY=VALUE, got {item!r}")
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DiffHMCError(f"cannot override {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DiffHMCError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DiffHMCError(f"config file {path} is not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise DiffHMCError(f"config file {path} must hold a mapping of settings")
+    return loaded
+
+
+def load_train_config(path: Path | None, overrides: list[str]):
+    """TrainConfig from a YAML file plus dotted ``KEY=VALUE`` overrides (validated)."""
+    from diffhmc.train import TrainConfig
+
+    values = _read_yaml(path) if path is not None else {}
+    return TrainConfig.from_dict(_apply_overrides(values, overrides))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +174,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs=2, default=("set A", "set B"), help="names of the sets")
     p.add_argument("--max-maps", type=int, default=None, help="use at most N maps per set")
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p = _parser(
+        sub,
+        "train",
+        "Train the conditional diffusion emulator (resumable; "
+        "multi-GPU/multi-node via --set devices=N --set num_nodes=M).",
+        "diffhmc train --config configs/train_default.yaml --set max_steps=2000 --out runs/train1",
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML training config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, nested keys with dots (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run folder (new or empty)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint",
+    )
+
+    p = _parser(
+        sub,
+        "sample",
+        "Emulate maps for given parameters with a trained model.",
+        "diffhmc sample --model runs/train1/checkpoints/last.pt --omega-m 0.3 "
+        "--sigma-8 0.8 --n 8 --out runs/samples",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
+    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+    p.add_argument("--n", type=int, default=8, help="number of maps")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=1.0,
+        help="clip predicted x0 to [-CLIP, CLIP] (normalised units; 0 disables)",
+    )
+    p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
     return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from diffhmc.fileio import load_json, new_run_dir
+    from diffhmc.train import train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise DiffHMCError("--resume reads the run's own config.json; drop --config")
+        saved = load_json(args.resume / "config.json", "run config")["train"]
+        cfg = load_train_config(None, [])
+        cfg = type(cfg).from_dict(_apply_overrides(saved, args.overrides))
+        run_dir = args.resume
+    else:
+        cfg = load_train_config(args.config, args.overrides)
+        run_dir = new_run_dir(args.out, "train")
+    summary = train(cfg, run_dir, resume=args.resume is not None)
+    print(f"trained to step {summary['step']}: {summary} -> {run_dir}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,6 +258,21 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.command == "dataset":
         return _run_dataset(args)
+    elif args.command == "train":
+        return _run_train(args)
+    elif args.command == "sample":
+        report.sample_to_folder(
+            args.model,
+            args.omega_m,
+            args.sigma_8,
+            args.n,
+            new_run_dir(args.out, "sample"),
+            sampler=args.sampler,
+            steps=args.steps,
+            seed=args.seed,
+            use_ema=not args.no_ema,
+            device=args.device,
+        )
     elif args.command == "stats":
         maps_a, box = report.load_maps(args.maps, args.split, args.max_maps)
         out = new_run_dir(args.out, "stats")
@@ -184,11 +287,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_dataset(args: argparse.Namespace) -> int:
-    from diffhmc import camels, dataset
+    from diffhmc import camels, dataset, generate
 
     if args.dataset_command == "generate":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
-        ds = dataset.generate_dataset(
+        ds = generate.generate_dataset(
             args.out, args.n_sims, cfg, args.seed, workers=args.workers, overwrite=args.overwrite
         )
     elif args.dataset_command == "import-camels":

@@ -1,4 +1,4 @@
-"""One on-disk dataset format for column-density maps, and its generator.
+"""One on-disk dataset format for column-density maps: layout, writer, loader.
 
 A dataset is a directory that numpy alone can read (no diffhmc needed)::
 
@@ -17,31 +17,28 @@ The normalisation ``x = 2 (log10 m - lo) / (hi - lo) - 1`` uses ``lo, hi`` = min
 
 Writes are atomic: everything goes into a temporary sibling directory that is renamed
 into place once complete, so an error never leaves a half-written dataset behind.
+Producers of datasets build on :func:`build_dataset`: :func:`write_dataset` (arrays in
+memory), :mod:`diffhmc.generate` (simulations) and :mod:`diffhmc.camels` (CAMELS files).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from scipy.stats import qmc
-from tqdm import tqdm
 
 from diffhmc.errors import DiffHMCError, check_positive, check_square_maps
-from diffhmc.fileio import load_json, load_npy, require_file, save_json, save_npy, save_npz
+from diffhmc.fileio import load_json, load_npy, require_file, save_json, save_npy
 from diffhmc.prior import ParamSpace
 
 FORMAT_NAME = "diffhmc-dataset"
@@ -50,37 +47,19 @@ UNITS = "(Msun/h)/(Mpc/h)^2"
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 DATA_FILES: tuple[str, ...] = ("maps.npy", "params.npy", "sim_id.npy", "sim_seeds.npy")
-PLAN_NAME = "diffhmc-generate-plan"
 _CHUNK = 256  # maps per chunk when streaming (256 x 256 x 256 float32 = 64 MiB at most)
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-CAMELS_2D = ParamSpace.camels()  # (Omega_m, sigma_8) in [0.1, 0.5] x [0.6, 1.0]
 
 
-class _ConfigLike(Protocol):
-    def to_dict(self) -> dict[str, Any]: ...
+# --------------------------------------------------------------------------- checks / splits
 
 
-# --------------------------------------------------------------------------- design / splits
-
-
-def latin_hypercube(n: int, space: ParamSpace, seed: int) -> np.ndarray:
-    """A Latin-hypercube design of ``n`` points filling the prior box of ``space``.
-
-    Uses ``scipy.stats.qmc.LatinHypercube`` driven by ``np.random.default_rng(seed)``.
-    Returns float64 ``(n, P)`` with ``P = space.dim``; each column has exactly one point in
-    each of the ``n`` equal-width bins of its prior range.
-    """
-    if int(n) < 1:
-        raise DiffHMCError(f"number of design points must be >= 1, got {n}")
-    seed = _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    try:
-        sampler = qmc.LatinHypercube(d=space.dim, rng=rng)
-    except TypeError:  # scipy < 1.15 has no `rng` keyword
-        sampler = qmc.LatinHypercube(d=space.dim, seed=rng)
-    unit = sampler.random(int(n))
-    return space.denormalize(unit)
+def check_count(value: int, name: str) -> int:
+    """``int(value)``, raising ``"{name} must be >= 1, got {value}"`` if it is below 1."""
+    if int(value) < 1:
+        raise DiffHMCError(f"{name} must be >= 1, got {value}")
+    return int(value)
 
 
 def split_simulations(
@@ -95,10 +74,8 @@ def split_simulations(
     least the number of positive fractions (so all three are non-empty for ``n_sims >= 3``).
     Returns ``{"train": int64 (n_train,), "val": (n_val,), "test": (n_test,)}``.
     """
-    n = int(n_sims)
-    if n < 1:
-        raise DiffHMCError(f"number of simulations must be >= 1, got {n_sims}")
-    f = _check_fractions(fractions)
+    n = check_count(n_sims, "number of simulations")
+    f = check_fractions(fractions)
     bounds = np.floor(np.cumsum(f) * n + 0.5 + 1e-9).astype(np.int64)  # round half up
     bounds[-1] = n
     counts = np.diff(np.concatenate([[0], bounds]))
@@ -113,7 +90,8 @@ def split_simulations(
     return {name: ids[edges[j] : edges[j + 1]] for j, name in enumerate(SPLIT_NAMES)}
 
 
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+def check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    """Validated split fractions (train, val, test), float64 ``(3,)``: see split_simulations."""
     try:
         f = np.asarray(fractions, dtype=np.float64)
     except (TypeError, ValueError):
@@ -126,31 +104,6 @@ def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     if abs(float(f.sum()) - 1.0) > 1e-6:
         raise DiffHMCError(f"split fractions must sum to 1, got {f.tolist()} (sum {f.sum():g})")
     return f
-
-
-def simulation_seeds(seed: int, n_sims: int) -> np.ndarray:
-    """Distinct per-simulation seeds derived deterministically from ``seed``.
-
-    Simulation ``i`` uses the first word of ``np.random.SeedSequence(seed).spawn(n_sims)[i]``
-    (a uint32) that no earlier simulation took. Returns int64 ``(n_sims,)`` in ``[0, 2**32)``.
-    """
-    seed = _check_seed(seed)
-    used: set[int] = set()
-    out = np.empty(int(n_sims), dtype=np.int64)
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(int(n_sims))):
-        words = child.generate_state(16, dtype=np.uint32)
-        value = next((int(w) for w in words if int(w) not in used), None)
-        if value is None:  # practically impossible: 16 collisions in a row
-            raise DiffHMCError(f"could not derive a distinct seed for simulation {i}")
-        used.add(value)
-        out[i] = value
-    return out
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or int(seed) < 0:
-        raise DiffHMCError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -204,7 +157,7 @@ class Normalization:
         ``maps`` may be a memory map; only ``chunk_size`` maps are in memory at once.
         Raises if a map is non-finite or non-positive, or if all values are equal.
         """
-        mins, maxs = _scan_maps(maps, "maps", indices=indices, chunk_size=chunk_size)
+        mins, maxs = scan_maps(maps, "maps", indices=indices, chunk_size=chunk_size)
         return cls._from_extrema(mins, maxs)
 
     @classmethod
@@ -231,7 +184,14 @@ class Normalization:
             ) from None
 
 
-def _scan_maps(
+def _rows(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` (sorted row indices) as a slice when contiguous (keeps memory maps lazy)."""
+    if len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+def scan_maps(
     maps: np.ndarray,
     name: str,
     indices: np.ndarray | None = None,
@@ -247,8 +207,7 @@ def _scan_maps(
     step = max(1, int(chunk_size))
     for a in range(0, len(idx), step):
         rows = idx[a : a + step]
-        contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1
-        chunk = np.asarray(maps[rows[0] : rows[-1] + 1] if contiguous else maps[rows])
+        chunk = np.asarray(maps[_rows(rows)])
         flat = chunk.reshape(len(rows), -1)
         bad = ~np.isfinite(flat)
         if bad.any():
@@ -320,11 +279,7 @@ class Dataset:
         ``name`` is one of "train", "val", "test". When the split's maps are contiguous on
         disk (always so for datasets written by diffhmc) ``maps`` stays a memory map.
         """
-        idx = self.split_indices(name)
-        if len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1:
-            sel: slice | np.ndarray = slice(int(idx[0]), int(idx[-1]) + 1)
-        else:
-            sel = idx
+        sel = _rows(self.split_indices(name))
         return self.maps[sel], self.params[sel], self.sim_id[sel]
 
 
@@ -523,8 +478,13 @@ def _is_dataset_dir(path: Path) -> bool:
         return False
 
 
-def _check_target(path: Path, overwrite: bool, allow_generation: bool = False) -> None:
-    """Refuse to replace something that should not be replaced."""
+def check_target(path: Path, overwrite: bool, resume_marker: str | None = None) -> None:
+    """Refuse to replace something that should not be replaced.
+
+    ``path`` may be missing, empty, or a dataset (replaced only with ``overwrite``). A
+    non-dataset directory is accepted only if it holds an entry named ``resume_marker``
+    (e.g. the ``shards`` of an interrupted :func:`diffhmc.generate.generate_dataset`).
+    """
     if path.exists() and not path.is_dir():
         raise DiffHMCError(f"dataset path {path} exists and is not a directory")
     if not path.is_dir():
@@ -536,7 +496,7 @@ def _check_target(path: Path, overwrite: bool, allow_generation: bool = False) -
         if not overwrite:
             raise DiffHMCError(f"dataset {path} already exists; pass overwrite=True to replace it")
         return
-    if allow_generation and "shards" in entries:
+    if resume_marker is not None and resume_marker in entries:
         return
     raise DiffHMCError(
         f"{path} exists and is not a diffhmc dataset (no {FORMAT_NAME} meta.json); "
@@ -632,14 +592,14 @@ def _write_dataset_files(
     provenance: dict[str, Any],
     box_size: float,
     fractions: Sequence[float],
+    splits: dict[str, np.ndarray],
     chunk_size: int = _CHUNK,
 ) -> None:
     """Validate ``tmp/maps.npy`` (already written as ``maps``) and write everything else."""
     from diffhmc import __version__
 
     n_sims = int(sim_seeds.shape[0])
-    splits = split_simulations(n_sims, fractions)
-    mins, maxs = _scan_maps(maps, "maps", chunk_size=chunk_size)
+    mins, maxs = scan_maps(maps, "maps", chunk_size=chunk_size)
     train_rows = np.isin(sim_id, splits["train"])
     normalization = Normalization._from_extrema(mins[train_rows], maxs[train_rows])
     save_npy(tmp / "params.npy", params.astype(np.float64))
@@ -686,7 +646,36 @@ def _write_dataset_files(
     (tmp / "README.txt").write_text(readme)
 
 
-def _build_dataset(
+def expand_per_sim(sim_params: np.ndarray, maps_per_sim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-simulation parameters ``(n_sims, P)`` -> per-map ``(params, sim_id)``.
+
+    Simulation ``i`` owns the ``m = maps_per_sim`` consecutive maps ``m i .. m i + m - 1``:
+    returns ``params`` ``(n_sims * m, P)`` (rows repeated) and int64 ``sim_id``
+    ``(n_sims * m,)``.
+    """
+    n_sims = int(sim_params.shape[0])
+    sim_id = np.repeat(np.arange(n_sims, dtype=np.int64), maps_per_sim)
+    return np.repeat(sim_params, maps_per_sim, axis=0), sim_id
+
+
+def copy_maps(
+    src: np.ndarray,
+    dst: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    chunk_size: int = _CHUNK,
+) -> None:
+    """``dst[a:b] = transform(src[a:b])`` over maps ``(N, R, R)``, ``chunk_size`` at a time.
+
+    Streams one (memory-mapped) array into another without loading either whole;
+    ``transform`` (none by default) turns a chunk ``(n, R, R)`` into ``(n, R', R')``.
+    """
+    step = max(1, int(chunk_size))
+    for a in range(0, int(src.shape[0]), step):
+        chunk = src[a : a + step]
+        dst[a : a + step] = chunk if transform is None else transform(chunk)
+
+
+def build_dataset(
     path: Path,
     shape: tuple[int, int, int],
     fill: Callable[[np.ndarray], None],
@@ -700,10 +689,17 @@ def _build_dataset(
     fractions: Sequence[float],
     chunk_size: int = _CHUNK,
 ) -> Dataset:
-    """Stage a dataset next to ``path`` (``fill`` writes the maps memmap), then swap it in."""
+    """Stage a dataset next to ``path``, then swap it in; return it loaded.
+
+    ``fill(dst)`` writes the maps into ``dst``, a float32 memory map of ``shape`` (N, R, R);
+    ``params`` (N, P), ``sim_id`` (N,) and ``sim_seeds`` (n_sims,) must already be valid
+    (see :func:`write_dataset`). The maps are checked, the splits and the train-split
+    normalisation computed, and everything else written here; the caller checks ``path``
+    with :func:`check_target` first.
+    """
     if not (np.isfinite(box_size) and box_size > 0):
         raise DiffHMCError(f"box_size must be a positive number of Mpc/h, got {box_size!r}")
-    _check_fractions(fractions)
+    splits = split_simulations(int(sim_seeds.shape[0]), fractions)
     with _staging_dir(path) as tmp:
         mm = np.lib.format.open_memmap(tmp / "maps.npy", mode="w+", dtype=np.float32, shape=shape)
         fill(mm)
@@ -719,6 +715,7 @@ def _build_dataset(
             provenance,
             box_size,
             fractions,
+            splits,
             chunk_size,
         )
         del mm
@@ -758,7 +755,7 @@ def write_dataset(
     into a temporary sibling directory that is renamed to ``path`` only when complete.
     """
     target = Path(path)
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     if not hasattr(maps, "shape") or not hasattr(maps, "dtype"):
         maps = np.asarray(maps)
     check_square_maps(maps, "maps")
@@ -770,16 +767,10 @@ def write_dataset(
     p, sid, seeds, per_sim = _validate_tables(
         n, tuple(maps.shape), params, sim_id, sim_seeds, space
     )
-    step = max(1, int(chunk_size))
-
-    def fill(dst: np.ndarray) -> None:
-        for a in range(0, n, step):
-            dst[a : a + step] = maps[a : a + step]
-
-    return _build_dataset(
+    return build_dataset(
         target,
         (n, res, res),
-        fill,
+        lambda dst: copy_maps(maps, dst, chunk_size=chunk_size),
         p,
         sid,
         seeds,
@@ -789,243 +780,4 @@ def write_dataset(
         box_size,
         fractions,
         chunk_size,
-    )
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def _json_normalise(obj: Any) -> Any:
-    def _default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    return json.loads(json.dumps(obj, default=_default))
-
-
-def _callable_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of a function or callable object (recorded in the plan)."""
-    module = getattr(fn, "__module__", None) or type(fn).__module__
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{name}"
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _simulate_shard(
-    simulate_fn: Callable[..., np.ndarray],
-    index: int,
-    theta: tuple[float, float],
-    seed: int,
-    config: Any,
-    params: np.ndarray,
-    shard_path: str,
-) -> int:
-    """Run one simulation and write its shard atomically (runs in a worker process)."""
-    omega_m, sigma_8 = theta
-    maps = np.asarray(simulate_fn(omega_m, sigma_8, seed, config))
-    what = f"simulation {index} (Omega_m={omega_m:.6g}, sigma_8={sigma_8:.6g}, seed={seed})"
-    if maps.ndim != 3 or maps.shape[-1] != maps.shape[-2] or maps.shape[0] < 1:
-        raise DiffHMCError(f"{what} returned maps of shape {maps.shape}, expected (M, R, R)")
-    _scan_maps(maps, what)
-    save_npz(
-        shard_path,
-        maps=maps.astype(np.float32),
-        params=np.asarray(params, dtype=np.float64),
-        seed=np.int64(seed),
-        index=np.int64(index),
-    )
-    return index
-
-
-def _shard_name(i: int, n_sims: int) -> str:
-    return f"sim_{i:0{max(5, len(str(n_sims - 1)))}d}.npz"
-
-
-def _shard_ok(shard: Path, params: np.ndarray, seed: int) -> bool:
-    """True if ``shard`` is readable and matches the planned params and seed."""
-    try:
-        with np.load(shard, allow_pickle=False) as z:
-            ok = int(z["seed"]) == seed and np.array_equal(z["params"], params)
-            shape = z["maps"].shape
-            return bool(ok) and len(shape) == 3
-    except (OSError, ValueError, KeyError, EOFError):
-        return False
-
-
-def generate_dataset(
-    path: str | os.PathLike[str],
-    n_sims: int,
-    config: _ConfigLike,
-    seed: int,
-    space: ParamSpace = CAMELS_2D,
-    workers: int = 2,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    simulate_fn: Callable[..., np.ndarray] | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> Dataset:
-    """Simulate a Latin-hypercube dataset of ``n_sims`` simulations into ``path``.
-
-    Parameters (Omega_m, sigma_8) come from :func:`latin_hypercube` with ``seed``; the
-    per-simulation seeds from :func:`simulation_seeds` (recorded in ``sim_seeds.npy``).
-    ``simulate_fn(omega_m, sigma_8, seed, config) -> (M, R, R)`` defaults to
-    :func:`diffhmc.simulator.simulate_maps` (M = 15 maps per simulation). With
-    ``workers > 1`` simulations run in spawned worker processes (one torch thread each).
-
-    Each finished simulation is saved atomically as ``path/shards/sim_00042.npz`` (maps,
-    params, seed); rerunning with the same arguments resumes, skipping finished shards.
-    The arguments that determine the shards are recorded in ``path/shards/plan.json`` and a
-    rerun with different ones raises instead of mixing two datasets. At the end the shards
-    are streamed into ``maps.npy`` (never two copies in memory), the dataset is swapped
-    into place atomically and the shards are removed. Same arguments -> identical maps.
-    """
-    from diffhmc import __version__
-
-    target = Path(path)
-    if sorted(space.names) != ["Omega_m", "sigma_8"]:
-        raise DiffHMCError(
-            f"generate_dataset simulates (Omega_m, sigma_8) only; got parameters "
-            f"{list(space.names)}"
-        )
-    n = int(n_sims)
-    if n < 1:
-        raise DiffHMCError(f"number of simulations must be >= 1, got {n_sims}")
-    seed = _check_seed(seed)
-    if int(workers) < 1:
-        raise DiffHMCError(f"workers must be >= 1, got {workers}")
-    _check_fractions(fractions)
-    if simulate_fn is None:
-        from diffhmc.simulator import simulate_maps
-
-        simulate_fn = simulate_maps
-    _check_target(target, overwrite, allow_generation=True)
-
-    theta = latin_hypercube(n, space, seed)
-    seeds = simulation_seeds(seed, n)
-    i_om, i_s8 = space.names.index("Omega_m"), space.names.index("sigma_8")
-    plan = _json_normalise(
-        {
-            "format": PLAN_NAME,
-            "n_sims": n,
-            "seed": seed,
-            "param_space": space.to_dict(),
-            "sim_config": config.to_dict(),
-            "simulator": _callable_name(simulate_fn),
-            "design": "latin_hypercube",
-        }
-    )
-    shards = target / "shards"
-    plan_path = shards / "plan.json"
-    if plan_path.is_file():
-        old = load_json(plan_path, "generation plan")
-        if old != plan:
-            keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            diffs = "; ".join(f"{k}: recorded {old.get(k)!r}, now {plan.get(k)!r}" for k in keys)
-            raise DiffHMCError(
-                f"{target} holds an interrupted generation with different arguments "
-                f"({diffs}); rerun with the recorded arguments or use another directory"
-            )
-    else:
-        shards.mkdir(parents=True, exist_ok=True)
-        save_json(plan_path, plan)
-    for stale in shards.glob(".*.tmp"):  # left by a killed atomic write
-        stale.unlink(missing_ok=True)
-
-    todo: list[int] = []
-    for i in range(n):
-        shard = shards / _shard_name(i, n)
-        if shard.is_file() and _shard_ok(shard, theta[i], int(seeds[i])):
-            continue
-        shard.unlink(missing_ok=True)
-        todo.append(i)
-
-    def args(i: int) -> tuple[Any, ...]:
-        th = (float(theta[i, i_om]), float(theta[i, i_s8]))
-        return (
-            simulate_fn,
-            i,
-            th,
-            int(seeds[i]),
-            config,
-            theta[i],
-            str(shards / _shard_name(i, n)),
-        )
-
-    with tqdm(
-        total=n, initial=n - len(todo), unit="sim", desc="simulating", disable=not progress
-    ) as bar:
-        if todo and int(workers) == 1:
-            for i in todo:
-                _simulate_shard(*args(i))
-                bar.update(1)
-        elif todo:
-            ctx = multiprocessing.get_context("spawn")
-            pool = cf.ProcessPoolExecutor(
-                max_workers=min(int(workers), len(todo)), mp_context=ctx, initializer=_init_worker
-            )
-            try:
-                futures = [pool.submit(_simulate_shard, *args(i)) for i in todo]
-                for fut in cf.as_completed(futures):
-                    fut.result()
-                    bar.update(1)
-            except BrokenProcessPool:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise DiffHMCError(
-                    f"a simulation worker process died (out of memory, killed, or a calling "
-                    f"script without an `if __name__ == '__main__':` guard, which spawned "
-                    f"workers need); finished simulations are kept in {shards}: rerun to resume"
-                ) from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
-
-    # Assemble: stream the shards into one memory-mapped maps.npy.
-    with np.load(shards / _shard_name(0, n), allow_pickle=False) as z:
-        m, res = int(z["maps"].shape[0]), int(z["maps"].shape[-1])
-    sim_id = np.repeat(np.arange(n, dtype=np.int64), m)
-    params = np.repeat(theta, m, axis=0)
-
-    def fill(dst: np.ndarray) -> None:
-        for i in range(n):
-            shard = shards / _shard_name(i, n)
-            with np.load(shard, allow_pickle=False) as z:
-                maps = z["maps"]
-            if maps.shape != (m, res, res):
-                raise DiffHMCError(
-                    f"shard {shard} holds maps of shape {maps.shape}, but "
-                    f"{shards / _shard_name(0, n)} holds {(m, res, res)}"
-                )
-            dst[i * m : (i + 1) * m] = maps
-
-    provenance = {
-        "source": "diffhmc-pm",
-        "sim_config": config.to_dict(),
-        "simulator": plan["simulator"],
-        "design": "latin_hypercube",
-        "seed": seed,
-        "seed_derivation": "numpy SeedSequence(seed).spawn(n_sims), first uint32 word",
-        "package_version": __version__,
-    }
-    box_size = float(config.to_dict().get("box_size", 25.0))
-    return _build_dataset(
-        target,
-        (n * m, res, res),
-        fill,
-        params,
-        sim_id,
-        seeds,
-        m,
-        space,
-        _json_normalise(provenance),
-        box_size,
-        fractions,
     )

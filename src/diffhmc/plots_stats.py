@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from numpy.typing import ArrayLike
 
 from diffhmc.errors import DiffHMCError, check_positive
@@ -109,6 +110,8 @@ def compare_statistics_figure(
     _plot_band(ax_ratio, k, pk_b / ref, cb, lb)
     ax_ratio.axhline(1.0, color="k", linewidth=0.8, linestyle=":")
     ax_ratio.set_xlabel(r"$k$ [$h/\mathrm{Mpc}$]")
+    for axis in (ax_pk.xaxis, ax_ratio.xaxis):  # decade labels only (minor ones collide)
+        axis.set_minor_formatter(NullFormatter())
     ax_ratio.set_ylabel(f"ratio to\nmean {la}")
 
     # One-point PDF on shared edges.

@@ -1,0 +1,121 @@
+"""Self-describing model checkpoints (nanoGPT-style dict), written atomically.
+
+A checkpoint holds everything needed to rebuild and use the model with nothing else:
+``format``/``format_version``, ``package_version``, ``model_config`` (UNetConfig),
+``schedule_config`` (ScheduleConfig), ``param_space`` (names and prior box),
+``normalization`` (log10 min/max of the training maps), ``map_resolution``, ``model`` and
+``ema`` state dicts, and for training runs ``optimizer``, ``step``, ``train_config``,
+``seed`` and dataset provenance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffhmc import __version__
+from diffhmc.dataset import Normalization
+from diffhmc.errors import DiffHMCError
+from diffhmc.fileio import atomic_path
+from diffhmc.prior import ParamSpace
+from diffhmc.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.unet import UNet, UNetConfig
+
+FORMAT = "diffhmc-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = (
+    "model_config",
+    "schedule_config",
+    "param_space",
+    "normalization",
+    "map_resolution",
+    "model",
+)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` (plus format tags and package version) to ``path``."""
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise DiffHMCError(f"checkpoint state is missing {missing}")
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(full, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a checkpoint dict (CPU tensors) with one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise DiffHMCError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/corrupt files
+        raise DiffHMCError(
+            f"checkpoint {p} is corrupt or truncated "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DiffHMCError(f"{p} is not a diffhmc checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise DiffHMCError(
+            f"checkpoint {p} has format version {ckpt.get('format_version')}, "
+            f"this diffhmc reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise DiffHMCError(f"checkpoint {p} is missing {missing}")
+    return ckpt
+
+
+class LoadedModel:
+    """A model rebuilt from a checkpoint: network (EMA or raw weights), schedule, metadata."""
+
+    def __init__(
+        self,
+        ckpt: dict[str, Any],
+        use_ema: bool = True,
+        device: str | torch.device = "cpu",
+        source: str = "checkpoint",
+    ) -> None:
+        self.model_config = UNetConfig.from_dict(ckpt["model_config"])
+        self.schedule_config = ScheduleConfig.from_dict(ckpt["schedule_config"])
+        self.space = ParamSpace.from_dict(ckpt["param_space"])
+        self.normalization = Normalization.from_dict(ckpt["normalization"])
+        self.map_resolution = int(ckpt["map_resolution"])
+        self.step = int(ckpt.get("step", 0))
+        self.source = source
+        if self.model_config.cond_dim != self.space.dim:
+            raise DiffHMCError(
+                f"{source}: model conditions on {self.model_config.cond_dim} "
+                f"parameters but the checkpoint names {self.space.dim}"
+            )
+        ema = ckpt.get("ema")
+        weights: dict[str, Any] = ema if use_ema and ema is not None else ckpt["model"]
+        self.net = UNet(self.model_config)
+        try:
+            self.net.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise DiffHMCError(
+                f"{source}: weights do not match the model config "
+                f"({str(exc).splitlines()[0][:160]})"
+            ) from None
+        self.net.to(device).eval()
+        self.schedule = NoiseSchedule(self.schedule_config).to(device)
+        self.used_ema = weights is ema
+
+
+def load_model(
+    path: str | os.PathLike[str], use_ema: bool = True, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Read a checkpoint file and rebuild its model."""
+    return LoadedModel(read_checkpoint(path), use_ema=use_ema, device=device, source=str(path))

@@ -1,0 +1,364 @@
+"""Training the conditional diffusion emulator (epsilon prediction), resumable, on one
+CPU/GPU or data-parallel over many through Lightning Fabric (torch.distributed DDP).
+
+Loss: ``E_{t, eps} || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t, theta) ||^2``
+(MSE, consistent with the Gaussian bound used for inference; Huber selectable as in the
+paper), with ``t`` uniform on ``[0, T)`` and the 8 symmetries of the square as augmentation.
+
+Randomness is a pure function of ``(seed, step, rank)``: batch indices, timesteps, noise and
+augmentation for step ``s`` come from a generator seeded with those, so a resumed run
+continues exactly as if uninterrupted (``--resume``), and ``world_size`` ranks draw
+disjoint streams.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from diffhmc import __version__
+from diffhmc.augment import dihedral
+from diffhmc.checkpoint import read_checkpoint, save_checkpoint
+from diffhmc.dataset import Dataset, load_dataset
+from diffhmc.errors import DiffHMCError
+from diffhmc.fileio import save_json
+from diffhmc.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.unet import UNet, UNetConfig
+
+LOSSES = ("mse", "huber")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (validated; saved as ``config.json`` in the run folder)."""
+
+    dataset: str = "data/pm64"
+    model: UNetConfig = field(default_factory=UNetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: str = "mse"
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    batch_size: int = 32
+    max_steps: int = 20000
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    log_every: int = 50
+    val_every: int = 1000
+    val_maps: int = 256
+    ckpt_every: int = 500
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
+            (self.devices >= 1 and self.num_nodes >= 1, "devices and num_nodes must be >= 1"),
+            (
+                min(self.log_every, self.val_every, self.ckpt_every) >= 1,
+                "log_every, val_every and ckpt_every must be >= 1",
+            ),
+            (
+                self.warmup_steps >= 0 and self.val_maps >= 1 and self.seed >= 0,
+                "warmup_steps, val_maps and seed must be non-negative (val_maps >= 1)",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DiffHMCError(f"invalid training config: {msg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["schedule"] = self.schedule.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DiffHMCError(f"unknown training config key(s): {unknown}")
+        d = dict(d)
+        if isinstance(d.get("model"), dict):
+            d["model"] = UNetConfig.from_dict(d["model"])
+        if isinstance(d.get("schedule"), dict):
+            d["schedule"] = ScheduleConfig.from_dict(d["schedule"])
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise DiffHMCError(f"invalid training config: {exc}") from None
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The generator that owns all randomness of ``step`` on ``rank``."""
+    ss = np.random.SeedSequence([seed, step, rank])
+    return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+def diffusion_loss(
+    net: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    theta: torch.Tensor,
+    gen: torch.Generator,
+    kind: str = "mse",
+    augment: bool = False,
+) -> torch.Tensor:
+    """Mean epsilon-prediction loss of a batch ``x0 (B, 1, H, W)``, ``theta (B, P)``."""
+    b = x0.shape[0]
+    if augment:
+        k = torch.randint(0, 8, (b,), generator=gen)
+        x0 = dihedral(x0, k.to(x0.device))
+    t = torch.randint(0, schedule.config.n_steps, (b,), generator=gen).to(x0.device)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device)
+    x_t = schedule.q_sample(x0, t, eps)
+    pred = net(x_t, t, theta)
+    if kind == "huber":
+        return F.smooth_l1_loss(pred, eps)
+    return F.mse_loss(pred, eps)
+
+
+def _tensors(ds: Dataset, split: str, limit: int | None = None) -> tuple[torch.Tensor, ...]:
+    maps, params, _ = ds.split(split)
+    if limit is not None:
+        maps, params = maps[:limit], params[:limit]
+    if len(maps) == 0:
+        raise DiffHMCError(f"dataset {ds.path} has no maps in split {split!r}")
+    x = torch.from_numpy(ds.normalization.forward(np.asarray(maps, dtype=np.float64)))
+    th = torch.from_numpy(ds.space.normalize(params))
+    return x.float().unsqueeze(1), th.float()
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up then constant (the paper used a constant 2e-4)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+@torch.no_grad()
+def validation_loss(
+    net: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    seed: int,
+    batch: int = 64,
+) -> float:
+    """Deterministic validation loss: fixed ``t`` and noise per map (seeded)."""
+    net.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, n = 0.0, 0
+    dev = next(net.parameters()).device
+    for i in range(0, len(x), batch):
+        xb, tb = x[i : i + batch].to(dev), theta[i : i + batch].to(dev)
+        total += float(diffusion_loss(net, schedule, xb, tb, gen)) * len(xb)
+        n += len(xb)
+    net.train()
+    return total / n
+
+
+def _checkpoint_state(
+    cfg: TrainConfig,
+    ds: Dataset,
+    net: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+) -> dict:
+    return {
+        "model_config": cfg.model.to_dict(),
+        "schedule_config": cfg.schedule.to_dict(),
+        "param_space": ds.space.to_dict(),
+        "normalization": ds.normalization.to_dict(),
+        "map_resolution": ds.resolution,
+        "box_size": ds.box_size,
+        "model": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "seed": cfg.seed,
+        "train_config": cfg.to_dict(),
+        "dataset": {
+            "path": str(ds.path),
+            "provenance": ds.meta.get("provenance"),
+            "n_maps": len(ds),
+        },
+    }
+
+
+def train(
+    cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) into ``run_dir``: ``config.json``, ``checkpoints/last.pt``,
+    ``log.csv``. Returns a summary (steps, final losses, images/s)."""
+    from lightning.fabric import Fabric
+
+    ds = load_dataset(cfg.dataset)
+    if cfg.model.cond_dim != ds.space.dim:
+        raise DiffHMCError(
+            f"model.cond_dim = {cfg.model.cond_dim} but the dataset has "
+            f"{ds.space.dim} parameters {list(ds.space.names)}"
+        )
+    if ds.resolution % cfg.model.downsample_factor:
+        raise DiffHMCError(
+            f"map size {ds.resolution} is not divisible by the U-Net's "
+            f"downsampling factor {cfg.model.downsample_factor}"
+        )
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    fabric = Fabric(
+        accelerator=cfg.accelerator,
+        strategy=cfg.strategy,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,  # type: ignore[arg-type]
+    )
+    fabric.launch()
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    net = UNet(cfg.model)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    step = 0
+    if resume:
+        ckpt = read_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(ckpt["train_config"])
+        if saved.model != cfg.model or saved.schedule != cfg.schedule:
+            raise DiffHMCError(
+                f"cannot resume {run_dir}: the model or schedule config differs "
+                "from the checkpoint's"
+            )
+        net.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        if fabric.is_global_zero:
+            _truncate_log(run_dir / "log.csv", step)
+    elif fabric.is_global_zero:
+        save_json(
+            run_dir / "config.json",
+            {"train": cfg.to_dict(), "package_version": __version__, "dataset_meta": ds.meta},
+        )
+    schedule = NoiseSchedule(cfg.schedule).to(fabric.device)
+    net, opt = fabric.setup(net, opt)
+    ema.to(fabric.device)
+    x_train, th_train = _tensors(ds, "train")
+    x_val, th_val = _tensors(ds, "val", cfg.val_maps)
+    n_train = len(x_train)
+    rank, world = fabric.global_rank, fabric.world_size
+    log_path = run_dir / "log.csv"
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        disable=not (progress and fabric.is_global_zero),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    t_last, imgs = time.perf_counter(), 0
+    last: dict[str, Any] = {}
+    net.train()
+    while step < cfg.max_steps:
+        gen = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
+        xb, tb = x_train[idx].to(fabric.device), th_train[idx].to(fabric.device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(cfg, step)
+        loss = diffusion_loss(net, schedule, xb, tb, gen, cfg.loss, cfg.augment)
+        if not torch.isfinite(loss):
+            raise DiffHMCError(
+                f"training loss became {float(loss)} at step {step}; lower lr "
+                f"(now {cfg.lr}) or check the data"
+            )
+        opt.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        if cfg.grad_clip > 0:
+            fabric.clip_gradients(net, opt, max_norm=cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(pn.detach(), 1.0 - decay)
+            for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
+                be.copy_(bn)
+        step += 1
+        imgs += cfg.batch_size * world
+        bar.update(1)
+        if step % cfg.log_every == 0 or step % cfg.val_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            rate = imgs / (now - t_last)
+            t_last, imgs = now, 0
+            last = {
+                "step": step,
+                "loss": _mean_over_ranks(fabric, loss),
+                "lr": _lr_at(cfg, step - 1),
+                "images_per_s": rate,
+                "val_loss": "",
+            }
+            if step % cfg.val_every == 0 or step == cfg.max_steps:
+                last["val_loss"] = validation_loss(ema, schedule, x_val, th_val, seed=cfg.seed)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.1f}")
+            if fabric.is_global_zero:
+                _append_csv(log_path, last)
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            if fabric.is_global_zero:
+                save_checkpoint(ckpt_path, _checkpoint_state(cfg, ds, net, ema, opt, step))
+            fabric.barrier()
+    bar.close()
+    with torch.no_grad():  # lets callers check that data-parallel ranks hold the same weights
+        checksum = float(sum(p.double().abs().sum() for p in net.parameters()))
+    return {"step": step, **last, "world_size": world, "rank": rank, "weights_checksum": checksum}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(
+            {
+                k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v)
+                for k, v in row.items()
+            }
+        )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step`` (logged after the last checkpoint of a killed run)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keep = [r for r in rows if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+
+
+def _mean_over_ranks(fabric: Any, value: torch.Tensor) -> float:
+    reduced = fabric.all_reduce(value.detach(), reduce_op="mean")
+    return float(reduced) if isinstance(reduced, torch.Tensor) else float(value)

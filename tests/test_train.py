@@ -1,0 +1,243 @@
+"""Training, checkpoints, resume, sampling CLI and 2-process data-parallel training (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffhmc.checkpoint import load_model, read_checkpoint
+from diffhmc.cli import main
+from diffhmc.dataset import write_dataset
+from diffhmc.errors import DiffHMCError
+from diffhmc.prior import ParamSpace
+from diffhmc.schedule import ScheduleConfig
+from diffhmc.train import TrainConfig, train
+from diffhmc.unet import UNetConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 simulations x 3 lognormal-ish positive 16^2 maps whose mean tracks Omega_m."""
+    rng = np.random.default_rng(0)
+    space = ParamSpace.camels()
+    theta = space.denormalize(rng.uniform(size=(6, 2)))
+    maps = np.concatenate(
+        [10 ** (11 + 2 * (t[0] - 0.3) + 0.3 * rng.standard_normal((3, 16, 16))) for t in theta]
+    ).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "ds"
+    write_dataset(
+        path,
+        maps,
+        np.repeat(theta, 3, axis=0),
+        np.repeat(np.arange(6), 3),
+        np.arange(6),
+        space,
+        {"source": "test"},
+        fractions=(0.5, 0.25, 0.25),
+    )
+    return path
+
+
+def tiny_config(dataset: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(
+        dataset=str(dataset),
+        model=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(False, True)),
+        schedule=ScheduleConfig(n_steps=50),
+        batch_size=4,
+        max_steps=4,
+        warmup_steps=2,
+        log_every=2,
+        val_every=2,
+        ckpt_every=2,
+        val_maps=4,
+        accelerator="cpu",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_resume_continues_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_dataset)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    train(replace(cfg, max_steps=2), tmp_path / "b", progress=False)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a = read_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
+    assert straight["weights_checksum"] == resumed["weights_checksum"]
+    rows = (tmp_path / "b" / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]  # no duplicated steps
+
+
+def test_checkpoint_is_self_describing(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "r", progress=False)
+    ck = tmp_path / "r" / "checkpoints" / "last.pt"
+    lm = load_model(ck)
+    assert lm.space.names == ("Omega_m", "sigma_8") and lm.map_resolution == 16
+    assert lm.used_ema and lm.step == 2
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([3, 40])
+    th = torch.rand(2, 2)
+    raw = load_model(ck, use_ema=False)
+    with torch.no_grad():
+        assert not torch.equal(lm.net(x, t, th), raw.net(x, t, th))  # EMA differs from raw
+
+
+def test_bad_checkpoints(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "r", progress=False)
+    ck = tmp_path / "r" / "checkpoints" / "last.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ck.read_bytes()[:2000])
+    with pytest.raises(DiffHMCError, match="corrupt or truncated"):
+        load_model(cut)
+    with pytest.raises(DiffHMCError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+    state = read_checkpoint(ck)
+    state["model_config"] = {**state["model_config"], "base_channels": 16}
+    torch.save(state, tmp_path / "mismatch.pt")
+    with pytest.raises(DiffHMCError, match="do not match the model config"):
+        load_model(tmp_path / "mismatch.pt")
+    with pytest.raises(DiffHMCError, match="differs"):
+        train(
+            tiny_config(
+                tiny_dataset,
+                max_steps=3,
+                model=UNetConfig(
+                    base_channels=16, channel_mults=(1, 2), attention_levels=(False, True)
+                ),
+            ),
+            tmp_path / "r",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_config_validation(tiny_dataset: Path) -> None:
+    with pytest.raises(DiffHMCError, match="loss"):
+        tiny_config(tiny_dataset, loss="l1")
+    with pytest.raises(DiffHMCError, match="unknown training config"):
+        TrainConfig.from_dict({"batchsize": 3})
+    cfg = tiny_config(tiny_dataset)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_cli_train_resume_sample(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = [
+        f"--set=dataset={tiny_dataset}",
+        "--set=model.base_channels=8",
+        "--set=model.channel_mults=[1,2]",
+        "--set=model.attention_levels=[false,true]",
+        "--set=schedule.n_steps=50",
+        "--set=batch_size=4",
+        "--set=warmup_steps=1",
+        "--set=val_maps=4",
+        "--set=accelerator=cpu",
+    ]
+    assert main(["train", *common, "--set=max_steps=2", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--set=max_steps=3"]) == 0
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    out = tmp_path / "samples"
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(run / "checkpoints" / "last.pt"),
+                "--omega-m",
+                "0.3",
+                "--sigma-8",
+                "0.8",
+                "--n",
+                "3",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    maps = np.load(out / "maps.npy")
+    assert maps.shape == (3, 16, 16) and (maps > 0).all() and np.isfinite(maps).all()
+    assert (out / "maps.png").stat().st_size > 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(run / "checkpoints" / "last.pt"),
+                "--omega-m",
+                "0.9",
+                "--sigma-8",
+                "0.8",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    from diffhmc.train import TrainConfig, train
+    from diffhmc.unet import UNetConfig
+    from diffhmc.schedule import ScheduleConfig
+    torch.set_num_threads(1)
+    cfg = TrainConfig(dataset=sys.argv[1], batch_size=2, max_steps=3, warmup_steps=1,
+                      log_every=1, val_every=3, ckpt_every=3, val_maps=2, accelerator="cpu",
+                      strategy="ddp", devices=2,
+                      model=UNetConfig(base_channels=8, channel_mults=(1, 2),
+                                       attention_levels=(False, True)),
+                      schedule=ScheduleConfig(n_steps=50))
+    out = Path(sys.argv[2])
+    s = train(cfg, out, progress=False)
+    (out / f"rank{s['rank']}.json").write_text(json.dumps(s))
+    """
+)
+
+
+def test_two_process_ddp_ranks_agree(tiny_dataset: Path, tmp_path: Path) -> None:
+    """torchrun starts 2 gloo processes; both must end with identical weights."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "ddp"
+    run.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(script),
+            str(tiny_dataset),
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((run / "rank0.json").read_text())
+    r1 = json.loads((run / "rank1.json").read_text())
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["weights_checksum"] == r1["weights_checksum"]
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
