@@ -16,35 +16,10 @@ import torch
 
 from diffhmc.checkpoint import load_model, read_checkpoint
 from diffhmc.cli import main
-from diffhmc.dataset import write_dataset
 from diffhmc.errors import DiffHMCError
-from diffhmc.prior import ParamSpace
 from diffhmc.schedule import ScheduleConfig
 from diffhmc.train import TrainConfig, train
 from diffhmc.unet import UNetConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 simulations x 3 lognormal-ish positive 16^2 maps whose mean tracks Omega_m."""
-    rng = np.random.default_rng(0)
-    space = ParamSpace.camels()
-    theta = space.denormalize(rng.uniform(size=(6, 2)))
-    maps = np.concatenate(
-        [10 ** (11 + 2 * (t[0] - 0.3) + 0.3 * rng.standard_normal((3, 16, 16))) for t in theta]
-    ).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "ds"
-    write_dataset(
-        path,
-        maps,
-        np.repeat(theta, 3, axis=0),
-        np.repeat(np.arange(6), 3),
-        np.arange(6),
-        space,
-        {"source": "test"},
-        fractions=(0.5, 0.25, 0.25),
-    )
-    return path
 
 
 def tiny_config(dataset: Path, **kw: object) -> TrainConfig:

@@ -7,8 +7,11 @@ Layers (imports flow downwards only)::
     cosmology -> pm -> simulator     particle-mesh N-body maps (physical units)
     gaussian                         Gaussian fields with an exact likelihood
     stats                            summary statistics (power spectrum, PDF, peaks, MFs)
-    dataset, camels                  one on-disk dataset format, CAMELS reader
-    plots, cli                       figures and the command line (the only console/plot code)
+    dataset -> generate, camels      one on-disk dataset format, generation, CAMELS reader
+    schedule -> unet -> sampling     the conditional DDPM (noise schedule, U-Net, samplers)
+    augment, train, checkpoint       training (Lightning Fabric), self-describing checkpoints
+    validate                         emulator validation metrics
+    plots_stats, report, cli         figures, workflows and the command line (I/O edge)
 """
 
 __version__ = "0.1.0"

@@ -222,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p = _parser(
+        sub,
+        "validate-emulator",
+        "Compare emulated with simulated maps on held-out "
+        "cosmologies (power spectrum, chi^2, PDF, t-test, peaks, Minkowski functionals).",
+        "diffhmc validate-emulator --model runs/train1/checkpoints/last.pt "
+        "--dataset data/pm64 --out runs/val1",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset folder")
+    p.add_argument("--split", default="val", help="dataset split")
+    p.add_argument("--n-cosmologies", type=int, default=10, help="simulations to compare")
+    p.add_argument("--n-generated", type=int, default=15, help="emulated maps per cosmology")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
     return parser
 
 
@@ -260,6 +278,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_dataset(args)
     elif args.command == "train":
         return _run_train(args)
+    elif args.command == "validate-emulator":
+        report.validate_emulator(
+            args.model,
+            args.dataset,
+            new_run_dir(args.out, "validate"),
+            split=args.split,
+            n_cosmologies=args.n_cosmologies,
+            n_generated=args.n_generated,
+            sampler=args.sampler,
+            steps=args.steps,
+            seed=args.seed,
+            device=args.device,
+        )
     elif args.command == "sample":
         report.sample_to_folder(
             args.model,

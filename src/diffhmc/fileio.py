@@ -64,19 +64,29 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
     return _write_with(path, _w)
 
 
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def to_json_text(obj: Any, indent: int | None = 2) -> str:
+    """JSON text of ``obj`` with numpy arrays/scalars and paths converted."""
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
+def json_normalise(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples -> lists, numpy -> Python, Path -> str)."""
+    return json.loads(to_json_text(obj, indent=None))
+
+
 def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (numpy scalars/arrays converted)."""
-
-    def _default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    text = json.dumps(obj, indent=2, default=_default)
+    text = to_json_text(obj)
 
     def _w(tmp: Path) -> None:
         tmp.write_text(text + "\n")

@@ -10,7 +10,6 @@ streamed into the on-disk format of :mod:`diffhmc.dataset` (which this module bu
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from diffhmc.dataset import (
     scan_maps,
 )
 from diffhmc.errors import DiffHMCError
-from diffhmc.fileio import load_json, save_json, save_npz
+from diffhmc.fileio import json_normalise, load_json, save_json, save_npz
 from diffhmc.prior import ParamSpace
 
 PLAN_NAME = "diffhmc-generate-plan"
@@ -94,21 +93,6 @@ def _check_seed(seed: int) -> int:
 
 
 # --------------------------------------------------------------------------- plan / shards
-
-
-def _json_normalise(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples -> lists, numpy -> Python, Path -> str)."""
-
-    def _default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    return json.loads(json.dumps(obj, default=_default))
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
@@ -269,7 +253,7 @@ def generate_dataset(
     seeds = simulation_seeds(seed, n)
     i_om, i_s8 = space.names.index("Omega_m"), space.names.index("sigma_8")
     sim_config = config.to_dict()
-    plan = _json_normalise(
+    plan = json_normalise(
         {
             "format": PLAN_NAME,
             "n_sims": n,

@@ -178,6 +178,44 @@ def simulator_demo(
     return results
 
 
+def emulate(
+    lm: Any,
+    theta: Any,
+    sampler: str,
+    steps: int,
+    generator: Any,
+    clip: float | None = 1.0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Maps in physical units ``(B, R, R)`` (float64) from a loaded model at normalised
+    parameters ``theta (B, P)``, with DDIM (``steps``) or ancestral DDPM sampling."""
+    import torch
+
+    from diffhmc.sampling import ddim_sample, ddpm_sample
+
+    r = lm.map_resolution
+    shape = (theta.shape[0], 1, r, r)
+    with torch.no_grad():
+        if sampler == "ddpm":
+            x = ddpm_sample(
+                lm.net, lm.schedule, theta, shape, generator, clip=clip, progress=progress
+            )
+        elif sampler == "ddim":
+            x = ddim_sample(
+                lm.net,
+                lm.schedule,
+                theta,
+                shape,
+                steps,
+                generator=generator,
+                clip=clip,
+                progress=progress,
+            )
+        else:
+            raise DiffHMCError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+    return lm.normalization.inverse(x[:, 0].double().cpu().numpy())
+
+
 def sample_to_folder(
     model_path: Path,
     omega_m: float,
@@ -198,7 +236,6 @@ def sample_to_folder(
     import torch
 
     from diffhmc.checkpoint import load_model
-    from diffhmc.sampling import ddim_sample, ddpm_sample
 
     if n < 1:
         raise DiffHMCError(f"number of maps must be >= 1, got {n}")
@@ -209,24 +246,8 @@ def sample_to_folder(
     r = lm.map_resolution
     gen = torch.Generator(device=device).manual_seed(seed)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        if sampler == "ddpm":
-            x = ddpm_sample(lm.net, lm.schedule, theta, (n, 1, r, r), gen, clip=clip, progress=True)
-        elif sampler == "ddim":
-            x = ddim_sample(
-                lm.net,
-                lm.schedule,
-                theta,
-                (n, 1, r, r),
-                steps,
-                generator=gen,
-                clip=clip,
-                progress=True,
-            )
-        else:
-            raise DiffHMCError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+    maps = emulate(lm, theta, sampler, steps, gen, clip, progress=True).astype(np.float32)
     wall = time.perf_counter() - t0
-    maps = lm.normalization.inverse(x[:, 0].double().cpu().numpy()).astype(np.float32)
     if not np.isfinite(maps).all() or not (maps > 0).all():
         raise DiffHMCError(
             f"the model produced {int((~np.isfinite(maps) | (maps <= 0)).sum())} invalid "
@@ -255,3 +276,103 @@ def sample_to_folder(
         f"{wall:.1f} s -> {out}"
     )
     return maps
+
+
+def validate_emulator(
+    model_path: Path,
+    dataset_path: Path,
+    out: Path,
+    split: str = "val",
+    n_cosmologies: int = 10,
+    n_generated: int = 15,
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Log = print,
+) -> dict:
+    """Generated vs simulated maps on ``n_cosmologies`` simulations of ``split``: per
+    cosmology a statistics figure (like the paper's Fig. 1) and metrics; ``metrics.json``
+    with medians over cosmologies and the targets."""
+    import torch
+
+    from diffhmc.checkpoint import load_model
+    from diffhmc.validate import emulator_metrics, summarize
+
+    lm = load_model(model_path, device=device)
+    ds = load_dataset(dataset_path)
+    if ds.resolution != lm.map_resolution:
+        raise DiffHMCError(
+            f"model makes {lm.map_resolution}^2 maps but {dataset_path} holds {ds.resolution}^2"
+        )
+    if tuple(ds.space.names) != tuple(lm.space.names):
+        raise DiffHMCError(
+            f"model parameters {lm.space.names} differ from the dataset's {ds.space.names}"
+        )
+    maps, params, sim_id = ds.split(split)
+    sims = np.unique(sim_id)
+    chosen = sims[np.linspace(0, len(sims) - 1, min(n_cosmologies, len(sims))).astype(int)]
+    rows = []
+    for i, sid in enumerate(chosen):
+        sel = np.flatnonzero(sim_id == sid)
+        sim_maps = np.asarray(maps[sel], dtype=np.float64)
+        theta_phys = params[sel[0]]
+        theta = torch.tensor(lm.space.normalize(theta_phys), dtype=torch.float32, device=device)
+        gen = torch.Generator(device=device).manual_seed(seed + int(sid))
+        th = theta.expand(n_generated, -1).contiguous()
+        t0 = time.perf_counter()
+        gen_maps = emulate(lm, th, sampler, steps, gen, clip=1.0)
+        wall = time.perf_counter() - t0
+        m = emulator_metrics(gen_maps, sim_maps, ds.box_size)
+        m.update({"sim_id": int(sid), "params": theta_phys, "sampling_seconds": wall})
+        rows.append(m)
+        title = ", ".join(f"{n}={v:.3f}" for n, v in zip(lm.space.names, theta_phys, strict=True))
+        save_figure(
+            out / f"cosmology_{int(sid):04d}.png",
+            compare_statistics_figure(
+                sim_maps, gen_maps, ("simulated", "emulated"), ds.box_size, title=title
+            ),
+        )
+        log(
+            f"[{i + 1}/{len(chosen)}] sim {int(sid)} ({title}): median|P ratio-1| = "
+            f"{m['median_abs_pk_ratio_minus_1']:.3f}, chi2_red = {m['pk_chi2_red']:.2f}, "
+            f"dlog10 mean/std = {m['delta_log10_mean']:+.3f}/{m['delta_log10_std']:+.3f}"
+        )
+    summary = summarize(rows)
+    result = {
+        "model": str(model_path),
+        "model_step": lm.step,
+        "dataset": str(dataset_path),
+        "split": split,
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "n_generated": n_generated,
+        "summary": summary,
+        "per_cosmology": rows,
+        "package_version": __version__,
+    }
+    save_json(out / "metrics.json", result)
+    save_figure(out / "pk_ratios.png", _pk_ratio_figure(rows))
+    log(f"medians over {len(rows)} cosmologies: {summary['medians']}")
+    log(f"targets met: {summary['targets_met']}")
+    return result
+
+
+def _pk_ratio_figure(rows: list[dict]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for m in rows:
+        ax.plot(m["k"], m["pk_ratio"], alpha=0.7, lw=1)
+    ax.axhspan(0.95, 1.05, color="0.85", label="±5%")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axvline(rows[0]["k_max_used"], color="0.5", ls=":", label="k_Nyquist / 2")
+    ax.set_xscale("log")
+    ax.set_xlabel("k [h/Mpc]")
+    ax.set_ylabel("P_emulated / P_simulated")
+    ax.legend()
+    return fig

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny training config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffhmc.dataset import write_dataset
+from diffhmc.prior import ParamSpace
+
+
+def make_tiny_dataset(path: Path, n_sims: int = 6, seed: int = 0) -> Path:
+    """``n_sims`` simulations x 3 positive 16^2 maps whose mean log density tracks Omega_m."""
+    rng = np.random.default_rng(seed)
+    space = ParamSpace.camels()
+    theta = space.denormalize(rng.uniform(size=(n_sims, 2)))
+    maps = np.concatenate(
+        [10 ** (11 + 2 * (t[0] - 0.3) + 0.3 * rng.standard_normal((3, 16, 16))) for t in theta]
+    ).astype(np.float32)
+    write_dataset(
+        path,
+        maps,
+        np.repeat(theta, 3, axis=0),
+        np.repeat(np.arange(n_sims), 3),
+        np.arange(n_sims),
+        space,
+        {"source": "test"},
+        fractions=(0.5, 0.25, 0.25),
+    )
+    return path
+
+
+TINY_TRAIN_OVERRIDES = [
+    "--set=model.base_channels=8",
+    "--set=model.channel_mults=[1,2]",
+    "--set=model.attention_levels=[false,true]",
+    "--set=schedule.n_steps=20",
+    "--set=batch_size=4",
+    "--set=warmup_steps=1",
+    "--set=val_maps=4",
+    "--set=accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "ds")
