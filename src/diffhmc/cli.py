@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from diffhmc.fileio import load_json, new_run_dir
+    from diffhmc.fileio import load_json
     from diffhmc.train import train
 
     if args.resume is not None:
@@ -257,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
     else:
         cfg = load_train_config(args.config, args.overrides)
-        run_dir = new_run_dir(args.out, "train")
+        run_dir = _run_dir(args.out, "train")
     summary = train(cfg, run_dir, resume=args.resume is not None)
     print(f"trained to step {summary['step']}: {summary} -> {run_dir}")
     return 0
@@ -265,15 +265,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from diffhmc import report
-    from diffhmc.fileio import new_run_dir
 
     if args.command == "demo":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
-        report.simulator_demo(new_run_dir(args.out, "demo"), seed=args.seed, config=cfg)
+        report.simulator_demo(_run_dir(args.out, "demo"), seed=args.seed, config=cfg)
     elif args.command == "simulate":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
         report.simulate_to_folder(
-            args.omega_m, args.sigma_8, args.seed, cfg, new_run_dir(args.out, "simulate")
+            args.omega_m, args.sigma_8, args.seed, cfg, _run_dir(args.out, "simulate")
         )
     elif args.command == "dataset":
         return _run_dataset(args)
@@ -283,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         report.validate_emulator(
             args.model,
             args.dataset,
-            new_run_dir(args.out, "validate"),
+            _run_dir(args.out, "validate"),
             split=args.split,
             n_cosmologies=args.n_cosmologies,
             n_generated=args.n_generated,
@@ -298,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
             args.omega_m,
             args.sigma_8,
             args.n,
-            new_run_dir(args.out, "sample"),
+            _run_dir(args.out, "sample"),
             sampler=args.sampler,
             steps=args.steps,
             seed=args.seed,
@@ -307,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.command == "stats":
         maps_a, box = report.load_maps(args.maps, args.split, args.max_maps)
-        out = new_run_dir(args.out, "stats")
+        out = _run_dir(args.out, "stats")
         if args.compare is None:
             maps_b, labels = maps_a, (args.labels[0], args.labels[0])
         else:
@@ -371,13 +370,35 @@ def _maybe_reexec_with_tunables(argv: list[str]) -> None:
             pass  # carry on without the tuning
 
 
+_CREATED: list[Path] = []
+
+
+def _run_dir(out: Path | None, command: str) -> Path:
+    """A fresh run folder (see :func:`diffhmc.fileio.new_run_dir`), removed again by
+    :func:`main` if the command fails before writing anything into it."""
+    from diffhmc.fileio import new_run_dir
+
+    path = new_run_dir(out, command)
+    _CREATED.append(path)
+    return path
+
+
+def _remove_empty_run_dirs() -> None:
+    while _CREATED:
+        path = _CREATED.pop()
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line (tests pass argv and never re-exec)
         _maybe_reexec_with_tunables(sys.argv[1:])
     args = build_parser().parse_args(argv)
+    _CREATED.clear()
     try:
         return run(args)
     except DiffHMCError as exc:
+        _remove_empty_run_dirs()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

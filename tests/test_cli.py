@@ -1,0 +1,111 @@
+"""Command line: the main job end to end at small size, and bad input -> one line, exit 2,
+nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffhmc.cli import main
+
+TINY = ["--set", "n_particles=24", "--set", "n_mesh=48", "--set", "n_steps=4", "--resolution", "16"]
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    for name in ("fiducial", "high_sigma8", "high_omega_m"):
+        maps = np.load(out / name / "maps.npy")
+        assert maps.shape == (15, 16, 16) and (maps > 0).all()
+        assert (out / name / "maps.png").stat().st_size > 0
+    assert (out / "compare_high_sigma8" / "statistics.png").is_file()
+    assert "P_high_sigma8/P_fiducial" in capsys.readouterr().out
+
+
+def test_simulate_then_stats(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (
+        main(
+            [
+                "simulate",
+                "--omega-m",
+                "0.3",
+                "--sigma-8",
+                "0.8",
+                "--seed",
+                "1",
+                "--out",
+                str(a),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                "--omega-m",
+                "0.3",
+                "--sigma-8",
+                "0.8",
+                "--seed",
+                "1",
+                "--out",
+                str(b),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(a / "maps.npy"), np.load(b / "maps.npy"))
+    st = tmp_path / "st"
+    assert (
+        main(["stats", str(a / "maps.npy"), "--compare", str(b / "maps.npy"), "--out", str(st)])
+        == 0
+    )
+    assert (st / "stats.json").is_file() and (st / "statistics.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "--omega-m", "0.7", "--sigma-8", "0.8"], "outside the prior"),
+        (["simulate", "--omega-m", "0.3", "--sigma-8", "0.8", "--set", "n_steps=0"], "n_steps"),
+        (
+            ["simulate", "--omega-m", "0.3", "--sigma-8", "0.8", "--set", "bogus=1"],
+            "unknown simulation config",
+        ),
+        (["stats", "MISSING.npy"], "not found"),
+        (["stats", "NAN.npy"], "non-finite"),
+        (["stats", "NEG.npy"], "strictly positive"),
+        (["stats", "TRUNC.npy"], "truncated"),
+        (["stats", "BAD3D.npy"], "square"),
+        (["dataset", "import-camels", "ROOT", "--field", "Mdark"], "unknown"),
+        (["sample", "--model", "MISSING.pt", "--omega-m", "0.3", "--sigma-8", "0.8"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    good = np.full((2, 8, 8), 1e11)
+    nan = good.copy()
+    nan[0, 1, 2] = np.nan
+    np.save(tmp_path / "NAN.npy", nan)
+    np.save(tmp_path / "NEG.npy", -good)
+    np.save(tmp_path / "BAD3D.npy", np.ones((2, 8, 6)))
+    np.save(tmp_path / "TRUNC.npy", good)
+    data = (tmp_path / "TRUNC.npy").read_bytes()
+    (tmp_path / "TRUNC.npy").write_bytes(data[: len(data) // 2])
+    (tmp_path / "ROOT").mkdir()
+    args = [str(tmp_path / a) if a.isupper() or a.endswith((".npy", ".pt")) else a for a in args]
+    out = tmp_path / "out"
+    assert (
+        main([*args, "--out", str(out)] if args[0] != "dataset" else [*args, "--out", str(out)])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
