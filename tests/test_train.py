@@ -216,3 +216,24 @@ def test_two_process_ddp_ranks_agree(tiny_dataset: Path, tmp_path: Path) -> None
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["weights_checksum"] == r1["weights_checksum"]
     assert read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_export_for_inference_keeps_ema_outputs(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffhmc import checkpoint
+
+    train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "r", progress=False)
+    full = tmp_path / "r" / "checkpoints" / "last.pt"
+    small = checkpoint.export_for_inference(full, tmp_path / "small.pt")
+    assert small.stat().st_size < 0.6 * full.stat().st_size  # no optimizer, one weight set
+    a, b = load_model(full), load_model(small)
+    x, t, th = torch.randn(2, 1, 16, 16), torch.tensor([1, 30]), torch.rand(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(a.net(x, t, th), b.net(x, t, th), rtol=0, atol=0)
+    assert b.normalization == a.normalization and b.space == a.space and b.step == 2
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tmp_path / "none.pt")
+    with pytest.raises(DiffHMCError, match="no shipped default model"):
+        load_model(None)
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", small)
+    assert load_model(None).source == str(small)

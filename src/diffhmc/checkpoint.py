@@ -115,7 +115,45 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | os.PathLike[str], use_ema: bool = True, device: str | torch.device = "cpu"
+    path: str | os.PathLike[str] | None,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """Read a checkpoint file and rebuild its model."""
-    return LoadedModel(read_checkpoint(path), use_ema=use_ema, device=device, source=str(path))
+    """Read a checkpoint file (``None``: the shipped default model) and rebuild its model."""
+    p = resolve_model(path)
+    return LoadedModel(read_checkpoint(p), use_ema=use_ema, device=device, source=str(p))
+
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default.pt"
+"""The shipped default emulator (EMA weights; see models/README.md for its recipe)."""
+
+
+def resolve_model(path: str | os.PathLike[str] | None) -> Path:
+    """``path``, or the shipped default model when ``None`` (with a clear error if absent)."""
+    if path is not None:
+        return Path(path)
+    if not DEFAULT_MODEL.is_file():
+        raise DiffHMCError(
+            f"no model given and no shipped default model at {DEFAULT_MODEL}; "
+            "pass --model CHECKPOINT (train one with `diffhmc train`)"
+        )
+    return DEFAULT_MODEL
+
+
+def export_for_inference(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write a compact inference checkpoint: the EMA weights as ``model`` (float32), no
+    optimizer state; everything else (configs, normalisation, prior, step, provenance) kept.
+    """
+    ckpt = read_checkpoint(src)
+    ema = ckpt.get("ema")
+    if ema is None:
+        raise DiffHMCError(f"checkpoint {src} has no EMA weights to export")
+    keep = {
+        k: v
+        for k, v in ckpt.items()
+        if k not in ("optimizer", "ema", "model", "format", "format_version", "package_version")
+    }
+    keep["model"] = {k: v.float() if v.is_floating_point() else v for k, v in ema.items()}
+    keep["ema"] = None
+    keep["exported_from"] = {"path": str(src), "weights": "ema"}
+    return save_checkpoint(dst, keep)

@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diffhmc sample --model runs/train1/checkpoints/last.pt --omega-m 0.3 "
         "--sigma-8 0.8 --n 8 --out runs/samples",
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    p.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
+    )
     p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
     p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
     p.add_argument("--n", type=int, default=8, help="number of maps")
@@ -231,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diffhmc validate-emulator --model runs/train1/checkpoints/last.pt "
         "--dataset data/pm64 --out runs/val1",
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    p.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
+    )
     p.add_argument("--dataset", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", default="val", help="dataset split")
     p.add_argument("--n-cosmologies", type=int, default=10, help="simulations to compare")

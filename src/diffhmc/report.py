@@ -217,7 +217,7 @@ def emulate(
 
 
 def sample_to_folder(
-    model_path: Path,
+    model_path: Path | None,
     omega_m: float,
     sigma_8: float,
     n: int,
@@ -258,7 +258,7 @@ def sample_to_folder(
     save_json(
         out / "sample.json",
         {
-            "model": str(model_path),
+            "model": lm.source,
             "omega_m": omega_m,
             "sigma_8": sigma_8,
             "n": n,
@@ -279,7 +279,7 @@ def sample_to_folder(
 
 
 def validate_emulator(
-    model_path: Path,
+    model_path: Path | None,
     dataset_path: Path,
     out: Path,
     split: str = "val",
@@ -340,7 +340,7 @@ def validate_emulator(
         )
     summary = summarize(rows)
     result = {
-        "model": str(model_path),
+        "model": lm.source,
         "model_step": lm.step,
         "dataset": str(dataset_path),
         "split": split,
