@@ -36,7 +36,7 @@ from diffhmc.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.unet import UNet, UNetConfig
 
 LOSSES = ("mse", "huber")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     augment: bool = True
     seed: int = 0
-    precision: str = "32-true"
+    precision: str = "auto"
+    """``auto``: bf16 autocast on a CUDA GPU that supports it, float32 otherwise (bf16
+    autocast measured ~15x *slower* than float32 on this project's AVX2 CPU)."""
     accelerator: str = "auto"
     strategy: str = "auto"
     devices: int = 1
@@ -108,6 +110,15 @@ class TrainConfig:
             return cls(**d)
         except TypeError as exc:
             raise DiffHMCError(f"invalid training config: {exc}") from None
+
+
+def resolve_precision(precision: str) -> str:
+    """Map ``auto`` to ``bf16-mixed`` on a bf16-capable CUDA device, else ``32-true``."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -232,7 +243,7 @@ def train(
         strategy=cfg.strategy,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        precision=cfg.precision,  # type: ignore[arg-type]
+        precision=resolve_precision(cfg.precision),  # type: ignore[arg-type]
     )
     fabric.launch()
     torch.manual_seed(cfg.seed)  # parameter initialisation
