@@ -27,6 +27,11 @@ def _parser(sub: Any, name: str, help_: str, example: str) -> argparse.ArgumentP
     )
 
 
+def _add_theta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
+    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+
+
 def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -124,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run one particle-mesh simulation and save its 15 maps.",
         "diffhmc simulate --omega-m 0.3 --sigma-8 0.8 --seed 1 --out runs/sim1",
     )
-    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
-    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+    _add_theta_args(p)
     p.add_argument("--seed", type=int, default=0, help="simulation seed")
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
     _add_sim_config_args(p)
@@ -210,8 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
     )
-    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
-    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+    _add_theta_args(p)
     p.add_argument("--n", type=int, default=8, help="number of maps")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
