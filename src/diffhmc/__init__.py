@@ -11,6 +11,8 @@ Layers (imports flow downwards only)::
     schedule -> unet -> sampling     the conditional DDPM (noise schedule, U-Net, samplers)
     augment, train, checkpoint       training (Lightning Fabric), self-describing checkpoints
     validate                         emulator validation metrics
+    likelihood -> potential          variational-bound log L(theta) (common random numbers),
+                                     box transform + potential U(z) for HMC
     plots_stats, report, cli         figures, workflows and the command line (I/O edge)
 """
 
