@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from diffhmc.errors import DiffHMCError, check_positive, check_square_maps
-from diffhmc.fileio import load_json, load_npy, require_file, save_json, save_npy
+from diffhmc.fileio import current_umask, load_json, load_npy, require_file, save_json, save_npy
 from diffhmc.prior import ParamSpace
 
 FORMAT_NAME = "diffhmc-dataset"
@@ -518,8 +518,7 @@ def _staging_dir(path: Path) -> Iterator[Path]:
 
 def _apply_umask(directory: Path) -> None:
     """Give ``directory`` and its files the usual umask permissions (temp files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     os.chmod(directory, 0o777 & ~mask)
     for f in directory.iterdir():
         if f.is_file():
