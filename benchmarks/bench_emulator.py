@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def main() -> None:
         "device": args.device,
         "model": cfg.to_dict(),
         "n_parameters": net.n_parameters(),
-        "command": "python benchmarks/bench_emulator.py",
+        "command": " ".join(["python", "benchmarks/bench_emulator.py", *sys.argv[1:]]),
     }
     for bf16 in (False, True):
         # bf16 autocast is very slow on CPUs without native bf16: time it on a small batch

@@ -109,3 +109,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_overrides_parse_scientific_notation() -> None:
+    from diffhmc.cli import load_train_config
+
+    cfg = load_train_config(None, ["lr=3e-4", "model.base_channels=16", "loss=huber"])
+    assert cfg.lr == 3e-4 and cfg.model.base_channels == 16 and cfg.loss == "huber"

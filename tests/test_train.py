@@ -98,9 +98,28 @@ def test_bad_checkpoints(tiny_dataset: Path, tmp_path: Path) -> None:
         )
 
 
+def test_time_limit_stops_checkpoints_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_dataset, max_steps=6, ckpt_every=100, log_every=100, val_every=100)
+    first = train(replace(cfg, time_limit_s=1e-9), tmp_path / "r", progress=False)
+    assert first["step"] == 1 and first["stopped_by_time_limit"]
+    assert read_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 1
+    rows = (tmp_path / "r" / "log.csv").read_text().strip().splitlines()
+    assert rows[-1].split(",")[0] == "1" and rows[-1].split(",")[-1] != ""  # val loss logged
+    done = train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert done["step"] == 6 and not done["stopped_by_time_limit"]
+    straight = train(cfg, tmp_path / "s", progress=False)
+    assert straight["weights_checksum"] == done["weights_checksum"]
+
+
 def test_config_validation(tiny_dataset: Path) -> None:
     with pytest.raises(DiffHMCError, match="loss"):
         tiny_config(tiny_dataset, loss="l1")
+    with pytest.raises(DiffHMCError, match="lr must be a float, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})
+    with pytest.raises(DiffHMCError, match="augment must be a bool"):
+        TrainConfig.from_dict({"augment": 1})
+    with pytest.raises(DiffHMCError, match="time_limit_s"):
+        tiny_config(tiny_dataset, time_limit_s=-1.0)
     with pytest.raises(DiffHMCError, match="unknown training config"):
         TrainConfig.from_dict({"batchsize": 3})
     cfg = tiny_config(tiny_dataset)

@@ -80,8 +80,19 @@ def _apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, 
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise DiffHMCError(f"cannot override {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _parse_value(raw)
     return values
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML-typed value of an override; ``3e-4`` is a float (YAML 1.1 wants ``3.0e-4``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value) if not value.strip().lower().startswith(("nan", "inf")) else value
+        except ValueError:
+            return value
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -66,8 +66,12 @@ class TrainConfig:
     val_every: int = 1000
     val_maps: int = 256
     ckpt_every: int = 500
+    time_limit_s: float = 0.0
+    """Stop (after checkpointing) once this many seconds of training have run in this
+    process; 0 means no limit. For wall-time-limited jobs: ``--resume`` continues."""
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
@@ -83,6 +87,10 @@ class TrainConfig:
             (
                 self.warmup_steps >= 0 and self.val_maps >= 1 and self.seed >= 0,
                 "warmup_steps, val_maps and seed must be non-negative (val_maps >= 1)",
+            ),
+            (
+                math.isfinite(self.time_limit_s) and self.time_limit_s >= 0,
+                "time_limit_s must be finite and >= 0 (0: no limit)",
             ),
         ]
         for ok, msg in checks:
@@ -112,6 +120,28 @@ class TrainConfig:
             raise DiffHMCError(f"invalid training config: {exc}") from None
 
 
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "float": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+def _check_field_types(cfg: Any) -> None:
+    """Name the setting whose value has the wrong type (e.g. ``lr: "fast"``)."""
+    for f in fields(cfg):
+        allowed = _SCALAR_TYPES.get(str(f.type))
+        value = getattr(cfg, f.name)
+        if allowed is None:
+            continue
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, allowed) or (is_bool and bool not in allowed):
+            raise DiffHMCError(
+                f"invalid training config: {f.name} must be a {f.type}, got {value!r}"
+            )
+
+
 def resolve_precision(precision: str) -> str:
     """Map ``auto`` to ``bf16-mixed`` on a bf16-capable CUDA device, else ``32-true``."""
     if precision != "auto":
@@ -121,10 +151,15 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The generator that owns all randomness of ``step`` on ``rank``."""
+def step_generator(
+    seed: int, step: int, rank: int = 0, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """The generator that owns all randomness of ``step`` on ``rank``, living on ``device``
+    (so a GPU run draws its batch, noise and symmetries on the GPU; the streams of a CPU
+    and a CUDA generator with the same seed differ, each is reproducible)."""
     ss = np.random.SeedSequence([seed, step, rank])
-    return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+    seed64 = int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed64)
 
 
 def diffusion_loss(
@@ -136,13 +171,16 @@ def diffusion_loss(
     kind: str = "mse",
     augment: bool = False,
 ) -> torch.Tensor:
-    """Mean epsilon-prediction loss of a batch ``x0 (B, 1, H, W)``, ``theta (B, P)``."""
-    b = x0.shape[0]
+    """Mean epsilon-prediction loss of a batch ``x0 (B, 1, H, W)``, ``theta (B, P)``.
+
+    All random draws come from ``gen`` on its own device and are moved to ``x0``'s."""
+    b, gdev = x0.shape[0], gen.device
     if augment:
-        k = torch.randint(0, 8, (b,), generator=gen)
+        k = torch.randint(0, 8, (b,), generator=gen, device=gdev)
         x0 = dihedral(x0, k.to(x0.device))
-    t = torch.randint(0, schedule.config.n_steps, (b,), generator=gen).to(x0.device)
-    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device)
+    t = torch.randint(0, schedule.config.n_steps, (b,), generator=gen, device=gdev)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32, device=gdev)
+    t, eps = t.to(x0.device), eps.to(x0.device)
     x_t = schedule.q_sample(x0, t, eps)
     pred = net(x_t, t, theta)
     if kind == "huber":
@@ -246,6 +284,10 @@ def train(
         precision=resolve_precision(cfg.precision),  # type: ignore[arg-type]
     )
     fabric.launch()
+    if fabric.device.type == "cuda":  # fixed shapes: let cuDNN pick kernels; TF32 for fp32
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # parameter initialisation
     net = UNet(cfg.model)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -261,7 +303,6 @@ def train(
             )
         net.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         if fabric.is_global_zero:
             _truncate_log(run_dir / "log.csv", step)
@@ -272,9 +313,14 @@ def train(
         )
     schedule = NoiseSchedule(cfg.schedule).to(fabric.device)
     net, opt = fabric.setup(net, opt)
+    if resume:  # after setup: Adam's state is cast to the (now moved) parameters' device
+        opt.load_state_dict(ckpt["optimizer"])
     ema.to(fabric.device)
     x_train, th_train = _tensors(ds, "train")
     x_val, th_val = _tensors(ds, "val", cfg.val_maps)
+    # the training split lives on the device (64^2 float32: 16 kB a map), batches are
+    # indexed there: no host->device copy per step
+    x_train, th_train = x_train.to(fabric.device), th_train.to(fabric.device)
     n_train = len(x_train)
     rank, world = fabric.global_rank, fabric.world_size
     log_path = run_dir / "log.csv"
@@ -287,12 +333,15 @@ def train(
         dynamic_ncols=True,
     )
     t_last, imgs = time.perf_counter(), 0
+    t_start = t_last
     last: dict[str, Any] = {}
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    stopped_early = False
     net.train()
     while step < cfg.max_steps:
-        gen = step_generator(cfg.seed, step, rank)
-        idx = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
-        xb, tb = x_train[idx].to(fabric.device), th_train[idx].to(fabric.device)
+        gen = step_generator(cfg.seed, step, rank, fabric.device)
+        idx = torch.randint(0, n_train, (cfg.batch_size,), generator=gen, device=gen.device)
+        xb, tb = x_train[idx], th_train[idx]
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, step)
         loss = diffusion_loss(net, schedule, xb, tb, gen, cfg.loss, cfg.augment)
@@ -308,14 +357,18 @@ def train(
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(pn.detach(), 1.0 - decay)
+            torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - decay)
             for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
                 be.copy_(bn)
         step += 1
         imgs += cfg.batch_size * world
         bar.update(1)
-        if step % cfg.log_every == 0 or step % cfg.val_every == 0 or step == cfg.max_steps:
+        if cfg.time_limit_s and not stopped_early:
+            out_of_time = time.perf_counter() - t_start >= cfg.time_limit_s
+            # every rank must stop at the same step: rank 0's clock decides
+            stopped_early = bool(fabric.broadcast(out_of_time, src=0))
+        final = step == cfg.max_steps or stopped_early
+        if step % cfg.log_every == 0 or step % cfg.val_every == 0 or final:
             now = time.perf_counter()
             rate = imgs / (now - t_last)
             t_last, imgs = now, 0
@@ -326,19 +379,28 @@ def train(
                 "images_per_s": rate,
                 "val_loss": "",
             }
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
+            if step % cfg.val_every == 0 or final:
                 last["val_loss"] = validation_loss(ema, schedule, x_val, th_val, seed=cfg.seed)
             bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.1f}")
             if fabric.is_global_zero:
                 _append_csv(log_path, last)
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+        if step % cfg.ckpt_every == 0 or final:
             if fabric.is_global_zero:
                 save_checkpoint(ckpt_path, _checkpoint_state(cfg, ds, net, ema, opt, step))
             fabric.barrier()
+        if stopped_early:
+            break
     bar.close()
     with torch.no_grad():  # lets callers check that data-parallel ranks hold the same weights
         checksum = float(sum(p.double().abs().sum() for p in net.parameters()))
-    return {"step": step, **last, "world_size": world, "rank": rank, "weights_checksum": checksum}
+    return {
+        "step": step,
+        **last,
+        "stopped_by_time_limit": stopped_early and step < cfg.max_steps,
+        "world_size": world,
+        "rank": rank,
+        "weights_checksum": checksum,
+    }
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
