@@ -75,8 +75,10 @@ def pack(src: Path, out: Path, bits: int, val_sims: int) -> None:
         meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
     )
     err = (q / levels * (hi - lo) + lo - logm).std()
-    print(f"packed {len(rows)} maps ({len(keep_sims)} sims) -> {out} "
-          f"({out.stat().st_size / 2**20:.1f} MiB), rounding error std {err:.2e} dex")
+    print(
+        f"packed {len(rows)} maps ({len(keep_sims)} sims) -> {out} "
+        f"({out.stat().st_size / 2**20:.1f} MiB), rounding error std {err:.2e} dex"
+    )
 
 
 def unpack(src: Path, out: Path) -> None:
@@ -95,7 +97,9 @@ def unpack(src: Path, out: Path) -> None:
     np.save(out / "sim_id.npy", f["sim_id"])
     np.save(out / "sim_seeds.npy", f["sim_seeds"])
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    (out / "README.txt").write_text("diffhmc dataset unpacked by scripts/gpu/transport_dataset.py\n")
+    (out / "README.txt").write_text(
+        "diffhmc dataset unpacked by scripts/gpu/transport_dataset.py\n"
+    )
     ds = load_dataset(out)
     print(f"unpacked {len(ds)} maps ({ds.n_sims} sims) into {out}")
 

@@ -335,7 +335,8 @@ def train(
     t_last, imgs = time.perf_counter(), 0
     t_start = t_last
     last: dict[str, Any] = {}
-    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    net_params: list[torch.Tensor] = list(net.parameters())
     stopped_early = False
     net.train()
     while step < cfg.max_steps:
