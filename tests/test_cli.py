@@ -13,9 +13,26 @@ from diffhmc.cli import main
 TINY = ["--set", "n_particles=24", "--set", "n_mesh=48", "--set", "n_steps=4", "--resolution", "16"]
 
 
-def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inference_demo_with_the_shipped_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The main job, with few timesteps and short chains (the README runs the defaults)."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *TINY]) == 0
+    fast = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
+    assert main(["demo", "--out", str(out), *fast]) == 0
+    for name in ("map.npy", "map.png", "emulated_at_posterior_mean.npy", "demo.json"):
+        assert (out / name).stat().st_size > 0
+    for name in ("posterior.nc", "summary.json", "corner.png", "trace.png"):
+        assert (out / "posterior" / name).stat().st_size > 0
+    em = np.load(out / "emulated_at_posterior_mean.npy")
+    assert em.shape == (4, 64, 64) and (em > 0).all()
+    text = capsys.readouterr().out
+    assert "posterior:" in text and "truth" in text and "Omega_m" in text
+
+
+def test_simulator_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--simulator-only", "--out", str(out), *TINY]) == 0
     for name in ("fiducial", "high_sigma8", "high_omega_m"):
         maps = np.load(out / name / "maps.npy")
         assert maps.shape == (15, 16, 16) and (maps > 0).all()

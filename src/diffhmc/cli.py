@@ -127,12 +127,52 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(
         sub,
         "demo",
-        "Main job: simulate maps at seeded cosmologies and compare their statistics with plots.",
+        "Main job: simulate a new map at a seeded cosmology, infer (Omega_m, sigma_8) from it "
+        "with the shipped model (Diffusion-HMC), and save the posterior, its plots and maps "
+        "emulated at the posterior mean. --simulator-only: compare simulated cosmologies.",
         "diffhmc demo --out runs/demo",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
-    p.add_argument("--seed", type=int, default=2024, help="simulation seed")
+    p.add_argument("--seed", type=int, default=2024, help="seed of the cosmology and simulation")
+    p.add_argument(
+        "--simulator-only",
+        action="store_true",
+        help="only simulate three cosmologies and compare their statistics",
+    )
+    p.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
+    )
+    _add_inference_args(p)
     _add_sim_config_args(p)
+
+    p = _parser(
+        sub,
+        "infer",
+        "Posterior of (Omega_m, sigma_8) for maps in .npy files (physical units; one map or a "
+        "stack each) or for N maps of a dataset split (resumable), with NUTS on the diffusion "
+        "bound; writes posterior.nc, summary.json, corner.png, trace.png per map.",
+        "diffhmc infer map.npy --out runs/post1   |   "
+        "diffhmc infer --dataset data/pm64 --split test --n 20 --out runs/test20",
+    )
+    p.add_argument("maps", type=Path, nargs="*", help=".npy map files")
+    p.add_argument("--dataset", type=Path, default=None, help="dataset folder (instead of maps)")
+    p.add_argument("--split", default="test", help="dataset split")
+    p.add_argument("--n", type=int, default=10, help="maps of the split (one per simulation)")
+    p.add_argument(
+        "--truth",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="VALUE",
+        help="true parameters of the map files, if known (for the plots and z-scores)",
+    )
+    p.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (new, empty, or a run to resume)"
+    )
+    _add_inference_args(p)
 
     p = _parser(
         sub,
@@ -262,6 +302,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference")
+    g.add_argument(
+        "--method",
+        choices=("surrogate", "exact"),
+        default="surrogate",
+        help="NUTS on a checked surrogate of the bound (fast on CPU) or on the bound itself",
+    )
+    g.add_argument("--timesteps", type=int, default=20, help="use timesteps 0..K-1 of the bound")
+    g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
+    g.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise draws")
+    g.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
+    g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
+    g.add_argument("--mcmc-seed", type=int, default=0, help="seed of the chains")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def _inference_config(args: argparse.Namespace) -> Any:
+    from diffhmc.inference import InferenceConfig
+    from diffhmc.mcmc import NUTSConfig
+
+    return InferenceConfig(
+        method=args.method,
+        n_timesteps=args.timesteps,
+        n_draws=args.draws,
+        noise_seed=args.noise_seed,
+        nuts=NUTSConfig(
+            n_chains=args.chains,
+            n_warmup=args.warmup,
+            n_samples=args.samples,
+            seed=args.mcmc_seed,
+        ),
+    )
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from diffhmc.checkpoint import load_model
+    from diffhmc.infer_report import infer_arrays, infer_dataset
+
+    if bool(args.maps) == (args.dataset is not None):
+        raise DiffHMCError("give either map files or --dataset DIR, not both or neither")
+    for m in args.maps:
+        require = m.is_file()
+        if not require:
+            raise DiffHMCError(f"map file not found: {m}")
+    cfg = _inference_config(args)
+    model = load_model(args.model, device=args.device)
+    if args.dataset is not None:
+        out = args.out if args.out is not None else _run_dir(None, "infer")
+        out.mkdir(parents=True, exist_ok=True)
+        infer_dataset(args.dataset, args.split, args.n, model, cfg, out)
+    else:
+        infer_arrays(args.maps, model, cfg, _run_dir(args.out, "infer"), truth=args.truth)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from diffhmc.fileio import load_json
     from diffhmc.train import train
@@ -286,7 +383,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "demo":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
-        report.simulator_demo(_run_dir(args.out, "demo"), seed=args.seed, config=cfg)
+        if args.simulator_only:
+            report.simulator_demo(_run_dir(args.out, "demo"), seed=args.seed, config=cfg)
+        else:
+            from diffhmc.infer_report import inference_demo
+
+            inference_demo(
+                _run_dir(args.out, "demo"),
+                seed=args.seed,
+                cfg=_inference_config(args),
+                model_path=args.model,
+                sim_config=cfg,
+            )
+    elif args.command == "infer":
+        return _run_infer(args)
     elif args.command == "simulate":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
         report.simulate_to_folder(
@@ -369,7 +479,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
 # every training step (seconds per step on CPU); raising the thresholds measured 2-3x faster
 # (REFERENCE.md). glibc reads GLIBC_TUNABLES only at start-up, hence the re-exec below.
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-HEAVY_COMMANDS = ("train", "sample", "validate-emulator")
+HEAVY_COMMANDS = ("train", "sample", "validate-emulator", "infer", "demo")
 
 
 def _maybe_reexec_with_tunables(argv: list[str]) -> None:

@@ -1,0 +1,190 @@
+"""Calibration of Diffusion-HMC posteriors on simulated test maps (shipped model).
+
+For N test simulations (one map each, seeded choice) this runs :func:`infer_map`, keeps each
+map's result as ``maps/map_XXXX.json`` (written atomically: a rerun skips finished maps), and
+then reports:
+
+- coverage of the 68% and 95% equal-tailed intervals per parameter (target: within 5
+  points of nominal), mean |z| and RMSE of the posterior means;
+- simulation-based-calibration ranks (fraction of draws below the truth, per parameter);
+- expected coverage by TARP (Lemos et al. 2023): with a reference point drawn uniformly in
+  the prior box, the fraction ``f`` of draws closer to it than the truth; the empirical
+  coverage at credibility ``a`` is the fraction of maps with ``f < a``.
+
+    python evaluations/calibration.py --n 60 --timesteps 10          # resumable
+    python evaluations/calibration.py --report-only                    # figures + JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from diffhmc.checkpoint import load_model
+from diffhmc.dataset import load_dataset
+from diffhmc.fileio import save_figure, save_json
+from diffhmc.inference import InferenceConfig, infer_map
+from diffhmc.machine import machine_info
+from diffhmc.mcmc import NUTSConfig
+
+PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
+    "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",
+}
+
+
+def pick_maps(ds, n: int, seed: int) -> list[tuple[int, int]]:
+    """(row, sim) for one seeded map of each of the first n test simulations."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for sim in ds.splits["test"][:n]:
+        rows = np.flatnonzero(ds.sim_id == sim)
+        out.append((int(rng.choice(rows)), int(sim)))
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    ds = load_dataset(args.dataset)
+    cfg = InferenceConfig(
+        n_timesteps=args.timesteps,
+        nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
+    )
+    out = args.out / "maps"
+    out.mkdir(parents=True, exist_ok=True)
+    picks = pick_maps(ds, args.n, args.seed)[args.shard :: args.n_shards]
+    todo = [(r, s) for r, s in picks if not (out / f"map_{s:04d}.json").exists()]
+    for row, sim in tqdm(todo, desc="posteriors", unit="map"):
+        t0 = time.perf_counter()
+        truth = ds.params[row]
+        post = infer_map(model, np.asarray(ds.maps[row]), cfg, truth=truth)
+        draws = post.theta.reshape(-1, post.theta.shape[-1])
+        thin = draws[:: max(1, len(draws) // 400)]
+        rec = {
+            "sim": sim,
+            "row": row,
+            "truth": truth.tolist(),
+            "summary": post.summary,
+            "draws": thin.tolist(),
+            "seconds": time.perf_counter() - t0,
+        }
+        save_json(out / f"map_{sim:04d}.json", rec)
+
+
+def report(args: argparse.Namespace) -> None:
+    recs = [json.loads(p.read_text()) for p in sorted((args.out / "maps").glob("map_*.json"))]
+    if not recs:
+        raise SystemExit("no finished maps")
+    names = list(recs[0]["summary"]["parameters"])
+    rng = np.random.default_rng(args.seed + 1)
+    ds = load_dataset(args.dataset)
+    low, high = ds.space.low, ds.space.high
+    res: dict = {"n_maps": len(recs), "parameters": {}, "machine": machine_info()}
+    ranks = {n: [] for n in names}
+    f_tarp = []
+    for r in recs:
+        d = np.asarray(r["draws"])
+        t = np.asarray(r["truth"])
+        for i, n in enumerate(names):
+            ranks[n].append(float((d[:, i] < t[i]).mean()))
+        ref = low + rng.random(len(names)) * (high - low)
+        scale = high - low
+        dist_d = np.linalg.norm((d - ref) / scale, axis=1)
+        dist_t = np.linalg.norm((t - ref) / scale)
+        f_tarp.append(float((dist_d < dist_t).mean()))
+    for n in names:
+        ps = [r["summary"]["parameters"][n] for r in recs]
+        mean = np.array([p["mean"] for p in ps])
+        truth = np.array([p["truth"] for p in ps])
+        res["parameters"][n] = {
+            "coverage_68": float(np.mean([p["in_68"] for p in ps])),
+            "coverage_95": float(np.mean([p["in_95"] for p in ps])),
+            "mean_abs_z": float(np.mean([abs(p["z_score"]) for p in ps])),
+            "rmse": float(np.sqrt(np.mean((mean - truth) ** 2))),
+            "mean_std": float(np.mean([p["std"] for p in ps])),
+            "mean_bias_percent": float(np.mean(np.abs(mean - truth) / truth) * 100),
+            "sbc_ranks": ranks[n],
+        }
+    alphas = np.linspace(0, 1, 21)
+    ecp = [float(np.mean(np.array(f_tarp) < a)) for a in alphas]
+    res["tarp"] = {"alpha": alphas.tolist(), "coverage": ecp, "f": f_tarp}
+    res["seconds_per_map_median"] = float(np.median([r["seconds"] for r in recs]))
+    res["settings"] = recs[0]["summary"]["settings"]
+    res["warnings_per_map"] = {
+        r["sim"]: r["summary"]["warnings"] for r in recs if r["summary"]["warnings"]
+    }
+    res["paper"] = PAPER
+    save_json(args.out / "calibration.json", res)
+    fig = Figure(figsize=(13, 4), constrained_layout=True)
+    ax = fig.subplots(1, 3)
+    ax[0].plot(alphas, ecp, "o-", label="TARP expected coverage")
+    for n in names:
+        rk = np.sort(ranks[n])
+        ax[0].plot(rk, np.arange(1, len(rk) + 1) / len(rk), label=f"{n} rank ECDF")
+    ax[0].plot([0, 1], [0, 1], "k:")
+    ax[0].set_xlabel("credibility level")
+    ax[0].set_ylabel("empirical coverage")
+    ax[0].legend(fontsize=8)
+    for k, n in enumerate(names):
+        ps = [r["summary"]["parameters"][n] for r in recs]
+        ax[k + 1].errorbar(
+            [p["truth"] for p in ps],
+            [p["mean"] for p in ps],
+            yerr=[p["std"] for p in ps],
+            fmt=".",
+            alpha=0.7,
+        )
+        lim = [ds.space.low[k], ds.space.high[k]]
+        ax[k + 1].plot(lim, lim, "k:")
+        c = res["parameters"][n]
+        ax[k + 1].set_title(
+            f"{n}: 68% cov {c['coverage_68']:.2f}, 95% cov {c['coverage_95']:.2f}, "
+            f"mean|z| {c['mean_abs_z']:.2f}",
+            fontsize=9,
+        )
+        ax[k + 1].set_xlabel(f"true {n}")
+        ax[k + 1].set_ylabel(f"posterior mean {n}")
+    save_figure(fig, args.out / "calibration.png")
+    print(
+        json.dumps(
+            {
+                n: {k: v for k, v in c.items() if k != "sbc_ranks"}
+                for n, c in res["parameters"].items()
+            },
+            indent=1,
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    ap.add_argument("--dataset", type=Path, default=Path("data/pm64"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--timesteps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shard", type=int, default=0, help="run maps shard::n_shards only")
+    ap.add_argument("--n-shards", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    if not args.report_only:
+        run(args)
+    if args.n_shards == 1 or args.report_only:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()

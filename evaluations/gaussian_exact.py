@@ -1,0 +1,687 @@
+"""Exact-posterior check of Diffusion-HMC on Gaussian random fields (closed-form likelihood).
+
+A small conditional DDPM is trained on 16^2 periodic Gaussian random fields of
+:class:`diffhmc.gaussian.GaussianFieldFamily`, whose likelihood ``p(x | Omega_m, sigma_8)``
+is known exactly; on held-out fields (new seeded theta and noise, not in the training set)
+the Diffusion-HMC posterior is compared with the exact posterior on the same uniform prior
+box. Per parameter: the shift of the posterior mean in exact posterior stds and the ratio
+of the posterior stds (Diffusion-HMC / exact). Targets: mean |shift| <= 0.5 and std ratio in
+[0.8, 1.25].
+
+The dataset stores a field ``x`` (normalised space of the family) as ``maps = 10**x``: the
+pipeline's log10 recovers ``x`` and its linear min-max normalisation does not change the
+posterior over theta.
+
+    python evaluations/gaussian_exact.py data                 # data/gaussian16 (seeded)
+    python evaluations/gaussian_exact.py train                # runs/gaussian16, time-limited
+    python evaluations/gaussian_exact.py export               # model + log + config
+    python evaluations/gaussian_exact.py check --variant k20 --variant is200 --variant ...
+    python evaluations/gaussian_exact.py report               # report.json + report.png
+
+Bound variants (``--variant``; results are cached per field, a rerun resumes):
+
+- ``k<K>``: the paper's bound, the first K timesteps ``t = 0..K-1`` with unit weights;
+- ``is<K>``: an unbiased importance-sampled estimate of the *full* bound
+  ``sum_{t<T} L_t`` from K timesteps drawn (seeded, shared by all fields) from
+  :func:`diffhmc.likelihood.importance_timesteps` with their weights;
+- prefix ``oracle-`` (e.g. ``oracle-k20``): the same bound with the exact (Bayes-optimal)
+  eps-prediction of the family instead of the network, which isolates the bound's own gap
+  from the network's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffhmc.fileio import load_json, save_figure, save_json
+from diffhmc.gaussian import GaussianFieldFamily
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "gaussian16"
+RUN = ROOT / "runs" / "gaussian16"
+CONFIG = ROOT / "configs" / "train_gaussian.yaml"
+OUT = ROOT / "evaluations" / "results" / "gaussian_exact"
+MODEL = OUT / "gaussian_model.pt"
+N_PIX = 16
+TARGET_SHIFT = 0.5
+TARGET_RATIO = (0.8, 1.25)
+
+
+def family() -> GaussianFieldFamily:
+    return GaussianFieldFamily(n_pix=N_PIX)
+
+
+def latin_hypercube(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, dim)`` points in ``[0, 1)^dim``, one per stratum in every dimension."""
+    u = (np.arange(n)[:, None] + rng.random((n, dim))) / n
+    for d in range(dim):
+        u[:, d] = u[rng.permutation(n), d]
+    return u
+
+
+# ---------------------------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> None:
+    from diffhmc.dataset import write_dataset
+
+    fam = family()
+    space = fam.param_space
+    rng = np.random.default_rng(args.seed)
+    theta_sim = space.denormalize(latin_hypercube(args.n_sims, space.dim, rng))
+    sim_id = np.repeat(np.arange(args.n_sims), args.maps_per_sim)
+    params = theta_sim[sim_id]
+    gen = torch.Generator().manual_seed(args.seed)
+    fields = fam.sample(torch.from_numpy(params), len(params), gen).numpy()
+    maps = np.power(10.0, fields).astype(np.float32)
+    ds = write_dataset(
+        args.out,
+        maps,
+        params,
+        sim_id,
+        np.full(args.n_sims, -1, dtype=np.int64),
+        space,
+        provenance={
+            "source": "gaussian_random_field",
+            "family": fam.to_dict(),
+            "seed": args.seed,
+            "n_sims": args.n_sims,
+            "maps_per_sim": args.maps_per_sim,
+            "design": "latin_hypercube",
+            "maps": "10**x with x the family's field (log10 recovers x)",
+            "command": " ".join(shlex.quote(a) for a in sys.argv),
+        },
+        fractions=(0.9, 0.05, 0.05),
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {len(ds)} maps ({ds.n_sims} sims) -> {args.out}; field range "
+        f"[{fields.min():.3f}, {fields.max():.3f}]"
+    )
+
+
+# ---------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> None:
+    cmd = [sys.executable, "-m", "diffhmc", "train"]
+    if args.resume:
+        cmd += ["--resume", str(args.run)]
+    else:
+        cmd += ["--config", str(args.config), "--out", str(args.run)]
+    for s in args.set or []:
+        cmd += ["--set", s]
+    print("running:", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    raise SystemExit(subprocess.call(cmd, cwd=ROOT))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from diffhmc.checkpoint import export_for_inference
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    dst = export_for_inference(args.run / "checkpoints" / "last.pt", MODEL)
+    for name in ("log.csv", "config.json"):
+        shutil.copy2(args.run / name, OUT / name)
+    print(f"exported {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------------------------- check
+def held_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` seeded held-out fields: theta uniform in the prior box (a stream separate from the
+    training design), fields ``(n, N, N)`` float64 in the family's space. Field ``i`` depends
+    only on ``(seed, i)``, so any ``n`` (or a split of the range) gives the same fields."""
+    fam = family()
+    theta = np.empty((n, fam.param_space.dim))
+    x = np.empty((n, fam.n_pix, fam.n_pix))
+    for i in range(n):
+        rng = np.random.default_rng([seed, 777, i])
+        theta[i] = fam.param_space.denormalize(rng.random(fam.param_space.dim))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        x[i] = fam.sample(torch.from_numpy(theta[i]), 1, gen)[0].numpy()
+    return theta, x
+
+
+class _ScaledFamily:
+    """The family seen through the model's normalisation ``x_n = a x + b`` (duck-typed for
+    :func:`diffhmc.likelihood.oracle_gaussian_eps`)."""
+
+    def __init__(self, fam: GaussianFieldFamily, a: float, b: float) -> None:
+        self.fam, self.a, self.b, self.n_pix = fam, a, b, fam.n_pix
+
+    def _clip(self, theta: torch.Tensor) -> torch.Tensor:
+        lo = torch.as_tensor(self.fam.param_space.low, dtype=torch.float64)
+        hi = torch.as_tensor(self.fam.param_space.high, dtype=torch.float64)
+        return torch.minimum(torch.maximum(theta.to(torch.float64), lo), hi)
+
+    def power(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.a**2 * self.fam.power(self._clip(theta))
+
+    def mean(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.a * self.fam.mean(self._clip(theta)) + self.b
+
+
+class _OracleNet(torch.nn.Module):
+    """``(x_t, t, theta in [0, 1]) -> E[eps | x_t, theta]``, exact for the family."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        from diffhmc.likelihood import oracle_gaussian_eps
+
+        norm = model.normalization
+        a = 2.0 / norm.span
+        b = -2.0 * norm.log10_min / norm.span - 1.0
+        self.space = model.space
+        self.eps = oracle_gaussian_eps(_ScaledFamily(family(), a, b), model.schedule)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # for the device lookup
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        lo = torch.as_tensor(self.space.low, dtype=torch.float64)
+        width = torch.as_tensor(self.space.high - self.space.low, dtype=torch.float64)
+        theta = lo + u.to(torch.float64) * width
+        return self.eps(x_t, t, theta).to(x_t.dtype)
+
+
+def parse_variant(name: str) -> tuple[bool, str, int]:
+    """``[oracle-](k|is)<K>`` -> (oracle, kind, K)."""
+    oracle = name.startswith("oracle-")
+    body = name.removeprefix("oracle-")
+    kind = "is" if body.startswith("is") else "k"
+    k = int(body[len(kind) :])
+    return oracle, kind, k
+
+
+def variant_timesteps(kind: str, k: int, schedule: Any, seed: int) -> tuple[list[int], Any]:
+    """Timesteps and weights (None: unit weights) of a bound variant."""
+    if kind == "k":
+        return list(range(k)), None
+    from diffhmc.likelihood import importance_timesteps
+
+    gen = torch.Generator().manual_seed(seed)
+    ts, w = importance_timesteps(schedule, k, gen)
+    return ts, w
+
+
+@contextlib.contextmanager
+def weighted_bound(timesteps: list[int], weights: Any) -> Iterator[None]:
+    """Make :func:`diffhmc.inference.infer_map` use ``weights`` for the bound over exactly
+    ``timesteps`` (InferenceConfig has no weights setting); other bounds (the locate step's
+    cheap one) keep unit weights."""
+    import diffhmc.inference as inf
+
+    if weights is None:
+        yield
+        return
+    base = inf.BoundLikelihood
+    key = tuple(int(t) for t in timesteps)
+
+    class _Weighted(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            ts = kw.get("timesteps")
+            if ts is not None and tuple(int(t) for t in ts) == key and kw.get("weights") is None:
+                kw["weights"] = weights
+            super().__init__(*a, **kw)
+
+    inf.BoundLikelihood = _Weighted
+    try:
+        yield
+    finally:
+        inf.BoundLikelihood = base
+
+
+def _field_json(out: Path, variant: str, i: int) -> Path:
+    return out / "fields" / variant / f"field_{i:03d}.json"
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from diffhmc.checkpoint import load_model
+    from diffhmc.diagnostics import summarize_draws
+    from diffhmc.errors import DiffHMCError
+    from diffhmc.inference import InferenceConfig, infer_map
+    from diffhmc.mcmc import NUTSConfig
+
+    fam = family()
+    names = list(fam.param_space.names)
+    model = load_model(args.model)
+    theta, x = held_out(args.n, args.seed)
+    for variant in args.variant:
+        oracle, kind, k = parse_variant(variant)
+        ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
+        m = model
+        if oracle:
+            m = load_model(args.model)
+            m.net = _OracleNet(model)
+        cfg = InferenceConfig(
+            timesteps=tuple(ts),
+            locate_timesteps=len(ts) if args.locate_full else 4,
+            nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
+        )
+        for i in range(args.start, args.n):
+            path = _field_json(args.out, variant, i)
+            if path.exists():
+                continue
+            t0 = time.perf_counter()
+            mean, cov = fam.posterior_moments(x[i])
+            t_exact = time.perf_counter() - t0
+            located = "full" if args.locate_full else "cheap"
+            try:
+                with weighted_bound(ts, w):
+                    post = infer_map(m, np.power(10.0, x[i]), cfg, truth=theta[i])
+            except DiffHMCError as exc:  # retry once with infer_map's default locate step
+                if not args.locate_full:
+                    raise
+                print(f"[{variant}] field {i}: {exc}; retrying with the cheap locate step")
+                located = "cheap (retry)"
+                with weighted_bound(ts, w):
+                    post = infer_map(
+                        m, np.power(10.0, x[i]), replace(cfg, locate_timesteps=4), truth=theta[i]
+                    )
+            pars = post.summary["parameters"]
+            chains = summarize_draws(post.theta, names, post.diverging)["parameters"]
+            rec: dict[str, Any] = {
+                "field": i,
+                "variant": variant,
+                "truth": theta[i].tolist(),
+                "exact_mean": mean.tolist(),
+                "exact_std": cov.diagonal().sqrt().tolist(),
+                "exact_corr": float(cov[0, 1] / (cov[0, 0] * cov[1, 1]).sqrt()),
+                "exact_seconds": t_exact,
+                "dhmc": {
+                    n: {
+                        "mean": pars[n]["mean"],
+                        "std": pars[n]["std"],
+                        "chain_rhat": chains[n]["rhat"],
+                        "chain_ess_bulk": chains[n]["ess_bulk"],
+                    }
+                    for n in names
+                },
+                "locate": located,
+                "posterior_from": post.summary.get("posterior_from"),
+                "exact_check": {
+                    kk: post.summary.get("exact_check", {}).get(kk)
+                    for kk in ("log_weight_std", "khat", "importance_ess", "refits")
+                },
+                "warnings": post.summary.get("warnings", []),
+                "timings": post.timings,
+                "network_rows": post.summary.get("network_rows"),
+                "timesteps": ts,
+                "weights": None if w is None else [float(v) for v in w],
+            }
+            rec["shift"] = {
+                n: (pars[n]["mean"] - rec["exact_mean"][j]) / rec["exact_std"][j]
+                for j, n in enumerate(names)
+            }
+            rec["std_ratio"] = {
+                n: pars[n]["std"] / rec["exact_std"][j] for j, n in enumerate(names)
+            }
+            save_json(path, rec)
+            print(
+                f"[{variant}] field {i}: shift "
+                + " ".join(f"{n} {rec['shift'][n]:+.2f}" for n in names)
+                + " | ratio "
+                + " ".join(f"{n} {rec['std_ratio'][n]:.2f}" for n in names)
+                + f" | {post.timings['total_s']:.1f} s",
+                flush=True,
+            )
+
+
+def _grid_moments(lp: np.ndarray, om: np.ndarray, s8: np.ndarray) -> tuple[list, list]:
+    """Mean and std of a log density on an ``om x s8`` grid (trapezoid weights)."""
+    w0, w1 = np.ones_like(om), np.ones_like(s8)
+    w0[[0, -1]] = w1[[0, -1]] = 0.5
+    p = np.exp(lp - lp.max()) * w0[:, None] * w1[None, :]
+    p /= p.sum()
+    g = np.stack(np.meshgrid(om, s8, indexing="ij"), -1)
+    mu = (p[..., None] * g).sum((0, 1))
+    sd = np.sqrt((p[..., None] * (g - mu) ** 2).sum((0, 1)))
+    return mu.tolist(), sd.tolist()
+
+
+def cmd_bound_gap(args: argparse.Namespace) -> None:
+    """The bound's own gap: posterior moments on a dense grid under the *oracle* bound (exact
+    eps-prediction, no network, no sampler) vs the exact likelihood, per variant."""
+    from diffhmc.checkpoint import load_model
+    from diffhmc.inference import InferenceConfig, MapLikelihood, prepare_map
+
+    fam = family()
+    names = list(fam.param_space.names)
+    model = load_model(args.model)
+    oracle = load_model(args.model)
+    if not args.network:
+        oracle.net = _OracleNet(model)
+    theta, x = held_out(args.n, args.seed)
+    fields = args.fields or list(range(args.n))
+    lo, hi = fam.param_space.low, fam.param_space.high
+    om = np.linspace(lo[0], hi[0], args.grid)
+    s8 = np.linspace(lo[1], hi[1], args.grid)
+    grid = torch.tensor(np.stack(np.meshgrid(om, s8, indexing="ij"), -1).reshape(-1, 2))
+    out: dict[str, Any] = {"grid": args.grid, "n_fields": args.n, "variants": {}}
+    exact = {}
+    for i in fields:
+        exact[i] = _grid_moments(fam.log_posterior_grid(x[i], om, s8).numpy(), om, s8)
+    out["likelihood"] = "network" if args.network else "oracle"
+    out["fields"] = fields
+    for variant in args.variant:
+        _, kind, k = parse_variant(variant.removeprefix("oracle-"))
+        ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
+        cfg = InferenceConfig(timesteps=tuple(ts), max_batch=4096)
+        recs = []
+        for i in fields:
+            x0 = prepare_map(np.power(10.0, x[i]), oracle)
+            with weighted_bound(ts, w):
+                like = MapLikelihood(oracle, x0, cfg)
+            lp = like.batched(grid).numpy().reshape(args.grid, args.grid)
+            mu, sd = _grid_moments(lp, om, s8)
+            em, es = exact[i]
+            recs.append(
+                {
+                    "field": i,
+                    "grid_mean": mu,
+                    "grid_std": sd,
+                    "exact_grid_mean": em,
+                    "exact_grid_std": es,
+                    "shift": {n: (mu[j] - em[j]) / es[j] for j, n in enumerate(names)},
+                    "std_ratio": {n: sd[j] / es[j] for j, n in enumerate(names)},
+                }
+            )
+        agg = {
+            n: {
+                "mean_abs_shift": float(np.mean([abs(r["shift"][n]) for r in recs])),
+                "mean_std_ratio": float(np.mean([r["std_ratio"][n] for r in recs])),
+            }
+            for n in names
+        }
+        out["variants"][variant] = {"aggregate": agg, "fields": recs, "n_timesteps": len(ts)}
+        print(variant, agg, flush=True)
+    name = "bound_gap_network.json" if args.network else "bound_gap_oracle.json"
+    save_json(args.out / name, out)
+
+
+def val_loss_vs_oracle(model_path: Path, n_maps: int = 512, reps: int = 4) -> dict[str, Any]:
+    """Validation eps-MSE of the network and of the exact (Bayes-optimal) eps-prediction on
+    the same seeded (t, eps) draws: the oracle's value is the floor of the training loss."""
+    from diffhmc.checkpoint import load_model
+    from diffhmc.dataset import load_dataset
+    from diffhmc.train import _tensors
+
+    model = load_model(model_path)
+    x, th = _tensors(load_dataset(DATA), "val", n_maps)
+    orc = _OracleNet(model)
+    gen = torch.Generator().manual_seed(0)
+    net_l, orc_l = [], []
+    with torch.no_grad():
+        for _ in range(reps):
+            t = torch.randint(0, model.schedule.n_steps, (x.shape[0],), generator=gen)
+            eps = torch.randn(x.shape, generator=gen)
+            xt = model.schedule.q_sample(x, t, eps)
+            orc_l.append(float(((orc(xt, t, th) - eps) ** 2).mean()))
+            net_l.append(float(((model.net(xt, t, th) - eps) ** 2).mean()))
+    return {
+        "n_maps": int(x.shape[0]),
+        "draws_per_map": reps,
+        "network_eps_mse": float(np.mean(net_l)),
+        "oracle_eps_mse": float(np.mean(orc_l)),
+        "excess_fraction": float(np.mean(net_l) / np.mean(orc_l) - 1.0),
+    }
+
+
+# ---------------------------------------------------------------------------------- report
+def sampler_failed(rec: dict[str, Any]) -> bool:
+    """Chains not converged (R-hat > 1.1) or an unreliable importance-weighted fallback."""
+    rhat = max(v["chain_rhat"] for v in rec["dhmc"].values())
+    khat = rec["exact_check"].get("khat")
+    weighted = rec["posterior_from"] == "importance_weighted"
+    return bool(not rhat <= 1.1 or (weighted and khat is not None and khat > 0.7))
+
+
+def _aggregate(recs: list[dict[str, Any]], names: list[str], sub: bool = True) -> dict[str, Any]:
+    agg: dict[str, Any] = {"n_fields": len(recs)}
+    ok = True
+    for n in names:
+        sh = np.array([r["shift"][n] for r in recs])
+        ra = np.array([r["std_ratio"][n] for r in recs])
+        mean_abs = float(np.abs(sh).mean())
+        mean_ratio, med_ratio = float(ra.mean()), float(np.median(ra))
+        met = mean_abs <= TARGET_SHIFT and TARGET_RATIO[0] <= mean_ratio <= TARGET_RATIO[1]
+        ok = ok and met
+        agg[n] = {
+            "mean_abs_shift": mean_abs,
+            "mean_shift": float(sh.mean()),
+            "rms_shift": float(np.sqrt((sh**2).mean())),
+            "mean_std_ratio": mean_ratio,
+            "median_std_ratio": med_ratio,
+            "std_ratio_range": [float(ra.min()), float(ra.max())],
+            "targets_met": bool(met),
+        }
+    secs = np.array([r["timings"]["total_s"] for r in recs])
+    agg["targets_met"] = bool(ok)
+    agg["seconds_per_posterior"] = {"mean": float(secs.mean()), "median": float(np.median(secs))}
+    rh = [r["dhmc"][n]["chain_rhat"] for r in recs for n in names]
+    agg["max_chain_rhat"] = float(np.nanmax(rh))
+    agg["n_importance_weighted"] = sum(r["posterior_from"] == "importance_weighted" for r in recs)
+    failed = [r["field"] for r in recs if sampler_failed(r)]
+    agg["sampler_failures"] = failed
+    if sub and failed and len(failed) < len(recs):
+        ok = [r for r in recs if r["field"] not in failed]
+        agg["excluding_sampler_failures"] = _aggregate(ok, names, sub=False)
+    return agg
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from matplotlib.figure import Figure
+
+    from diffhmc.machine import machine_info
+
+    names = list(family().param_space.names)
+    variants: dict[str, Any] = {}
+    for d in sorted((args.out / "fields").iterdir()):
+        recs = [load_json(f) for f in sorted(d.glob("field_*.json"))]
+        if recs:
+            variants[d.name] = {"aggregate": _aggregate(recs, names), "fields": recs}
+    if not variants:
+        raise SystemExit(f"no results under {args.out / 'fields'}; run `check` first")
+    primary = args.primary if args.primary in variants else next(iter(variants))
+    train_cfg = load_json(OUT / "config.json") if (OUT / "config.json").exists() else None
+    train_log = _train_log_summary(OUT / "log.csv")
+    report = {
+        "description": __doc__.splitlines()[0],
+        "targets": {"mean_abs_shift_max": TARGET_SHIFT, "std_ratio_range": list(TARGET_RATIO)},
+        "definitions": {
+            "shift": "(DHMC mean - exact mean) / exact std, per parameter",
+            "std_ratio": "DHMC std / exact std, per parameter",
+        },
+        "primary_variant": primary,
+        "targets_met": variants[primary]["aggregate"]["targets_met"],
+        "summary": {v: d["aggregate"] for v, d in variants.items()},
+        "variants": variants,
+        "held_out": _held_out_info(variants[primary]["fields"]),
+        "model": str(MODEL.relative_to(ROOT)),
+        "training": {
+            "log": train_log,
+            "config": train_cfg,
+            "val_eps_mse_vs_oracle": val_loss_vs_oracle(MODEL) if MODEL.exists() else None,
+        },
+        "family": family().to_dict(),
+        "machine": machine_info(),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "commands": [
+            "python evaluations/gaussian_exact.py data",
+            "python evaluations/gaussian_exact.py train",
+            "python evaluations/gaussian_exact.py export",
+            "python evaluations/gaussian_exact.py check --variant " + " --variant ".join(variants),
+            "python evaluations/gaussian_exact.py report --primary " + primary,
+        ],
+    }
+    for gap in (args.out / "bound_gap_oracle.json", args.out / "bound_gap_oracle_6fields.json"):
+        if gap.exists():
+            g = load_json(gap)
+            report["bound_gap_oracle"] = {
+                "file": gap.name,
+                "n_fields": g["n_fields"],
+                "grid": g["grid"],
+                **{v: d["aggregate"] for v, d in g["variants"].items()},
+            }
+            break
+    save_json(args.out / "report.json", report)
+
+    nv = len(variants)
+    fig = Figure(figsize=(16, 3.4 * nv), layout="constrained")
+    axs = fig.subplots(nv, 4, squeeze=False)
+    for row, (v, d) in enumerate(variants.items()):
+        recs, agg = d["fields"], d["aggregate"]
+        for j, n in enumerate(names):
+            ax = axs[row, j]
+            em = np.array([r["exact_mean"][j] for r in recs])
+            es = np.array([r["exact_std"][j] for r in recs])
+            dm = np.array([r["dhmc"][n]["mean"] for r in recs])
+            ds = np.array([r["dhmc"][n]["std"] for r in recs])
+            ax.errorbar(em, dm, xerr=es, yerr=ds, fmt="o", ms=3, lw=0.8, capsize=0)
+            lo, hi = min(em.min(), dm.min()), max(em.max(), dm.max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlabel(f"exact posterior mean {n}")
+            ax.set_ylabel(f"DHMC mean {n}")
+            a = agg[n]
+            ax.set_title(
+                f"{v}: mean|shift| {a['mean_abs_shift']:.2f}, ratio {a['mean_std_ratio']:.2f}",
+                fontsize=9,
+            )
+        idx = np.array([r["field"] for r in recs])
+        bad = np.array([sampler_failed(r) for r in recs])
+        for col, key, ylab in ((2, "std_ratio", "std ratio DHMC / exact"), (3, "shift", "")):
+            ax = axs[row, col]
+            for n in names:
+                vals = np.array([r[key][n] for r in recs])
+                ax.plot(idx, vals, "o", ms=4, label=n)
+                if bad.any():
+                    ax.plot(idx[bad], vals[bad], "kx", ms=8)
+            if key == "std_ratio":
+                ax.axhspan(*TARGET_RATIO, color="g", alpha=0.1, label="target")
+                ax.axhline(1.0, color="k", lw=0.8)
+                ax.set_yscale("log")
+            else:
+                ax.axhspan(-TARGET_SHIFT, TARGET_SHIFT, color="g", alpha=0.1)
+                ax.axhline(0.0, color="k", lw=0.8)
+                ylab = "shift (DHMC - exact mean) / exact std"
+            ax.set_xlabel("held-out field (x: sampler failure)")
+            ax.set_ylabel(ylab)
+            ax.legend(fontsize=8)
+    save_figure(args.out / "report.png", fig)
+    for v, d in variants.items():
+        a = d["aggregate"]
+        print(
+            v,
+            {
+                n: {
+                    k: round(a[n][k], 3)
+                    for k in ("mean_abs_shift", "mean_std_ratio", "median_std_ratio")
+                }
+                for n in names
+            },
+            "targets_met",
+            a["targets_met"],
+            f"{a['seconds_per_posterior']['mean']:.1f} s",
+        )
+
+
+def _held_out_info(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the held-out theta relate to the training design (prior-normalised distance)."""
+    from diffhmc.dataset import load_dataset
+
+    space = family().param_space
+    info: dict[str, Any] = {"seeded_by": "held_out(n, seed): theta uniform, own noise stream"}
+    if DATA.exists():
+        ds = load_dataset(DATA)
+        train_u = space.normalize(ds.params[ds.split_indices("train")])
+        u = space.normalize(np.array([r["truth"] for r in recs]))
+        d = np.sqrt(((u[:, None, :] - train_u[None, :, :]) ** 2).sum(-1)).min(1)
+        info["min_distance_to_training_theta"] = float(d.min())
+        info["median_nearest_distance_to_training_theta"] = float(np.median(d))
+    return info
+
+
+def _train_log_summary(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    val = [r for r in rows if r.get("val_loss")]
+    ips = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
+    return {
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "final_train_loss": float(rows[-1]["loss"]) if rows else None,
+        "final_val_loss": float(val[-1]["val_loss"]) if val else None,
+        "val_loss_curve": [[int(r["step"]), float(r["val_loss"])] for r in val],
+        "median_images_per_s": float(np.median(ips)) if ips else None,
+    }
+
+
+# ---------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="write the seeded training dataset")
+    d.add_argument("--out", type=Path, default=DATA)
+    d.add_argument("--n-sims", type=int, default=4000)
+    d.add_argument("--maps-per-sim", type=int, default=4)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true")
+    t = sub.add_parser("train", help="diffhmc train with configs/train_gaussian.yaml")
+    t.add_argument("--config", type=Path, default=CONFIG)
+    t.add_argument("--run", type=Path, default=RUN)
+    t.add_argument("--resume", action="store_true", help="continue the run in --run")
+    t.add_argument("--set", action="append", help="KEY=VALUE override (repeatable)")
+    e = sub.add_parser("export", help="export the EMA model (+ log.csv, config.json)")
+    e.add_argument("--run", type=Path, default=RUN)
+    c = sub.add_parser("check", help="posteriors on held-out fields (resumable)")
+    c.add_argument("--variant", action="append", help="bound variant, e.g. k20, is200, oracle-k20")
+    c.add_argument("--n", type=int, default=20, help="number of held-out fields")
+    c.add_argument("--start", type=int, default=0, help="first field (to split the work)")
+    c.add_argument("--seed", type=int, default=0, help="held-out field and NUTS seed")
+    c.add_argument("--is-seed", type=int, default=0, help="seed of the importance timesteps")
+    c.add_argument("--model", type=Path, default=MODEL)
+    c.add_argument("--warmup", type=int, default=300)
+    c.add_argument("--samples", type=int, default=500)
+    c.add_argument("--out", type=Path, default=OUT)
+    c.add_argument(
+        "--locate-cheap",
+        dest="locate_full",
+        action="store_false",
+        help="locate the posterior with the bound's first 4 timesteps (infer_map's default) "
+        "instead of the full bound of the variant",
+    )
+    b = sub.add_parser("bound-gap", help="oracle-bound vs exact posterior moments on a grid")
+    b.add_argument("--variant", action="append", help="bound variant, e.g. k20, is200")
+    b.add_argument("--n", type=int, default=20)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--is-seed", type=int, default=0)
+    b.add_argument("--grid", type=int, default=41)
+    b.add_argument("--network", action="store_true", help="the trained network, not the oracle")
+    b.add_argument("--fields", type=int, nargs="*", help="only these held-out fields")
+    b.add_argument("--model", type=Path, default=MODEL, help="for the schedule/normalisation")
+    b.add_argument("--out", type=Path, default=OUT)
+    r = sub.add_parser("report", help="report.json and report.png from the cached results")
+    r.add_argument("--out", type=Path, default=OUT)
+    r.add_argument("--primary", default="k20", help="variant whose targets are reported")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.command in ("check", "bound-gap") and not args.variant:
+        args.variant = ["k20"]
+    cmds = {"data": cmd_data, "train": cmd_train, "export": cmd_export}
+    cmds.update(check=cmd_check, report=cmd_report)
+    cmds["bound-gap"] = cmd_bound_gap
+    cmds[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

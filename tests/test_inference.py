@@ -1,0 +1,215 @@
+"""NUTS, the surrogate, and Diffusion-HMC end to end (exact against a Gaussian oracle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffhmc.dataset import Normalization
+from diffhmc.diagnostics import summarize_draws
+from diffhmc.errors import DiffHMCError
+from diffhmc.gaussian import GaussianFieldFamily
+from diffhmc.inference import InferenceConfig, infer_map, prepare_map
+from diffhmc.likelihood import oracle_gaussian_eps
+from diffhmc.mcmc import NUTSConfig, run_nuts
+from diffhmc.prior import ParamSpace
+from diffhmc.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.surrogate import QuadraticGPSurrogate
+
+FAST_NUTS = NUTSConfig(n_chains=4, n_warmup=150, n_samples=250, seed=3)
+
+
+def test_nuts_recovers_a_correlated_gaussian() -> None:
+    mu = torch.tensor([0.3, -1.0], dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64) * 0.04
+    prec = torch.linalg.inv(cov)
+
+    def u(z: torch.Tensor) -> torch.Tensor:
+        d = z - mu
+        return 0.5 * d @ prec @ d
+
+    inits = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = run_nuts(u, inits, FAST_NUTS)
+    draws = res.z.reshape(-1, 2)
+    n_eff = 400  # conservative effective sample size for these settings
+    se = np.sqrt(np.diag(cov.numpy()) / n_eff)
+    assert np.all(np.abs(draws.mean(0) - mu.numpy()) < 4 * se)
+    np.testing.assert_allclose(np.cov(draws.T), cov.numpy(), rtol=0.25, atol=0.004)
+    s = summarize_draws(res.z, ["a", "b"])
+    assert all(p["rhat"] < 1.02 for p in s["parameters"].values())
+    assert res.diverging.sum() == 0 and res.z.shape == (4, 250, 2)
+    again = run_nuts(u, inits, FAST_NUTS)
+    np.testing.assert_array_equal(res.z, again.z)  # seeded
+
+
+def test_nuts_rejects_bad_start() -> None:
+    with pytest.raises(DiffHMCError, match="inits must have shape"):
+        run_nuts(lambda z: (z**2).sum(), torch.zeros(3, 2), FAST_NUTS)
+    with pytest.raises(DiffHMCError, match="potential is"):
+        run_nuts(lambda z: z.sum() * float("nan"), torch.zeros(4, 2), FAST_NUTS)
+
+
+def test_surrogate_is_exact_on_a_quadratic_and_interpolates() -> None:
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(30, 2, dtype=torch.float64, generator=gen)
+    a = torch.tensor([[50.0, 10.0], [10.0, 8.0]], dtype=torch.float64)
+    m = torch.tensor([0.2, -0.4], dtype=torch.float64)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        d = x - m
+        return 7.0 - 0.5 * ((d @ a) * d).sum(-1)
+
+    s = QuadraticGPSurrogate(z.numpy(), f(z).numpy(), window=1e9)
+    torch.testing.assert_close(s.mode, m)
+    torch.testing.assert_close(s.precision, a)
+    test = torch.randn(50, 2, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(s(test), f(test), atol=1e-6, rtol=1e-9)
+    # a non-quadratic function: the GP makes the surrogate interpolate the design
+    g = f(z) + 0.3 * torch.sin(3 * z[:, 0])
+    s2 = QuadraticGPSurrogate(z.numpy(), g.numpy(), window=1e9)
+    torch.testing.assert_close(s2(z), g, atol=1e-4, rtol=0)
+
+
+def _oracle_model(
+    n_pix: int = 8, n_steps: int = 200
+) -> tuple[SimpleNamespace, GaussianFieldFamily]:
+    """A LoadedModel stand-in whose network is the exact (Bayes-optimal) eps-predictor of a
+    Gaussian-field family; maps in physical units are 10**x, normalised back to x."""
+    family = GaussianFieldFamily(n_pix=n_pix)
+    schedule = NoiseSchedule(ScheduleConfig(kind="linear", n_steps=n_steps))
+    oracle = oracle_gaussian_eps(family, schedule)
+    space = ParamSpace.camels()
+    low = torch.tensor(space.low)
+    width = torch.tensor(space.high - space.low)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor, th01: torch.Tensor) -> torch.Tensor:
+            return oracle(x.double(), t, low + th01.double() * width).float()
+
+    model = SimpleNamespace(
+        net=Net(),
+        schedule=schedule,
+        space=space,
+        normalization=Normalization(log10_min=-1.0, log10_max=1.0),
+        map_resolution=n_pix,
+        source="oracle",
+    )
+    return model, family
+
+
+@pytest.mark.slow
+def test_diffusion_hmc_matches_the_exact_posterior_with_the_oracle() -> None:
+    """With the exact eps-predictor the full bound's gap to log p barely depends on theta,
+    so Diffusion-HMC (full-bound estimate, NUTS on the bound itself) must reproduce the
+    closed-form posterior of a 16^2 Gaussian field."""
+    model, family = _oracle_model(n_pix=16)
+    truth = np.array([0.3, 0.8])
+    x = family.sample(torch.tensor(truth), 1, generator=torch.Generator().manual_seed(5))[0]
+    density = 10.0 ** x.double().numpy()
+    torch.testing.assert_close(
+        prepare_map(density, model)[0].double(), x.double(), atol=1e-5, rtol=0
+    )
+    cfg = InferenceConfig(method="exact", full_bound=64, n_draws=4, nuts=FAST_NUTS, max_batch=4096)
+    post = infer_map(model, density, cfg, truth=truth)
+    mean, cov = family.posterior_moments(x.double())
+    std = cov.diagonal().sqrt()
+    for i, name in enumerate(("Omega_m", "sigma_8")):
+        p = post.summary["parameters"][name]
+        shift = (p["mean"] - float(mean[i])) / float(std[i])
+        ratio = p["std"] / float(std[i])
+        assert abs(shift) < 0.5, (name, shift)
+        assert 0.8 < ratio < 1.25, (name, ratio)
+
+
+def test_prepare_map_errors() -> None:
+    model, _ = _oracle_model()
+    ok = np.ones((8, 8))
+    with pytest.raises(DiffHMCError, match="square 2-D"):
+        prepare_map(np.ones((8, 4)), model)
+    with pytest.raises(DiffHMCError, match="trained on 8x8"):
+        prepare_map(np.ones((16, 16)), model)
+    bad = ok.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(DiffHMCError, match="NaN"):
+        prepare_map(bad, model)
+    bad[0, 0] = -1.0
+    with pytest.raises(DiffHMCError, match="non-positive"):
+        prepare_map(bad, model)
+    with pytest.raises(DiffHMCError, match="method"):
+        InferenceConfig(method="hmc")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
+
+    from diffhmc.cli import main
+
+    root = tmp_path_factory.mktemp("infer")
+    ds = make_tiny_dataset(root / "ds")
+    run = root / "run"
+    args = ["train", *TINY_TRAIN_OVERRIDES, f"--set=dataset={ds}", "--set=max_steps=2"]
+    assert main([*args, "--out", str(run)]) == 0
+    return ds, run / "checkpoints" / "last.pt"
+
+
+TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
+
+
+def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    from diffhmc.cli import main
+
+    ds, ckpt = tiny_model
+    maps = np.load(ds / "maps.npy")[:2]
+    np.save(tmp_path / "one.npy", maps[0])
+    out = tmp_path / "post"
+    args = ["infer", str(tmp_path / "one.npy"), "--model", str(ckpt), *TINY_INFER]
+    assert main([*args, "--truth", "0.3", "0.8", "--out", str(out)]) == 0
+    for name in ("posterior.nc", "summary.json", "corner.png", "trace.png"):
+        assert (out / "one" / name).stat().st_size > 0
+    summary = json.loads((out / "one" / "summary.json").read_text())
+    assert set(summary["parameters"]) == {"Omega_m", "sigma_8"}
+    assert summary["parameters"]["Omega_m"]["truth"] == 0.3
+    assert summary["settings"]["timesteps"] == [0, 1]
+    import arviz as az
+
+    idata = az.from_netcdf(out / "one" / "posterior.nc")
+    assert idata.posterior["Omega_m"].shape == (2, 40)
+    # a batch over a dataset split, resumable: the second run reuses finished maps
+    dout = tmp_path / "batch"
+    dargs = ["infer", "--dataset", str(ds), "--split", "test", "--n", "1", "--model", str(ckpt)]
+    assert main([*dargs, *TINY_INFER, "--out", str(dout)]) == 0
+    table = (dout / "table.csv").read_text().splitlines()
+    assert len(table) == 2 and "Omega_m_mean" in table[0]
+    done = next(dout.glob("sim*/summary.json"))
+    stamp = done.stat().st_mtime_ns
+    assert main([*dargs, *TINY_INFER, "--out", str(dout)]) == 0
+    assert done.stat().st_mtime_ns == stamp
+
+
+def test_cli_infer_bad_input(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffhmc.cli import main
+
+    _, ckpt = tiny_model
+    bad = np.ones((16, 16), dtype=np.float32)
+    bad[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "small.npy", np.ones((8, 8), dtype=np.float32))
+    for f, msg in (("nan.npy", "NaN"), ("small.npy", "trained on 16x16"), ("no.npy", "not found")):
+        code = main(
+            ["infer", str(tmp_path / f), "--model", str(ckpt), "--out", str(tmp_path / f"o{f}")]
+        )
+        assert code == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / f"o{f}").exists()
