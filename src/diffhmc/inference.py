@@ -324,7 +324,15 @@ def _locate(
         z, y = torch.cat([z, z0, z2]), torch.cat([y, y_grid, y2])
 
     sur = QuadraticGPSurrogate(z.numpy(), y.numpy())
-    pts = torch.cat([_stencil(sur.mode, sur.chol_cov * r) for r in (1.5, 3.0)])
+    width_fit = sur.chol_cov
+    if bool((width_fit.diagonal().abs() > max_scale).any()):
+        # a fit with (nearly) flat directions would throw the design to the box corners:
+        # cap the stencil at half the box in z, centred on the best point seen
+        width_fit = torch.diag(torch.minimum(width_fit.diagonal().abs(), max_scale / 3))
+        log("the bound is nearly flat in some direction: design capped at the prior box")
+    centre = sur.mode if bool(torch.isfinite(sur.mode).all()) else z[int(torch.argmax(y))]
+    centre = centre.clamp(-15.0, 15.0)
+    pts = torch.cat([_stencil(centre, width_fit * r) for r in (1.5, 3.0)])
     pts = torch.unique(pts.clamp(-15.0, 15.0), dim=0)
     return torch.cat([z, pts]), torch.cat([y, like.batched(tr.inverse(pts))])
 
