@@ -151,7 +151,7 @@ def report(args: argparse.Namespace) -> None:
         )
         ax[k + 1].set_xlabel(f"true {n}")
         ax[k + 1].set_ylabel(f"posterior mean {n}")
-    save_figure(fig, args.out / "calibration.png")
+    save_figure(args.out / "calibration.png", fig)
     print(
         json.dumps(
             {
