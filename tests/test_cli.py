@@ -43,40 +43,9 @@ def test_simulator_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_simulate_then_stats(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    assert (
-        main(
-            [
-                "simulate",
-                "--omega-m",
-                "0.3",
-                "--sigma-8",
-                "0.8",
-                "--seed",
-                "1",
-                "--out",
-                str(a),
-                *TINY,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "simulate",
-                "--omega-m",
-                "0.3",
-                "--sigma-8",
-                "0.8",
-                "--seed",
-                "1",
-                "--out",
-                str(b),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    sim = ["simulate", "--omega-m", "0.3", "--sigma-8", "0.8", "--seed", "1", *TINY]
+    for out in (a, b):
+        assert main([*sim, "--out", str(out)]) == 0
     np.testing.assert_array_equal(np.load(a / "maps.npy"), np.load(b / "maps.npy"))
     st = tmp_path / "st"
     assert (

@@ -340,14 +340,13 @@ def _inference_config(args: argparse.Namespace) -> Any:
 
 def _run_infer(args: argparse.Namespace) -> int:
     from diffhmc.checkpoint import load_model
+    from diffhmc.fileio import require_file
     from diffhmc.infer_report import infer_arrays, infer_dataset
 
     if bool(args.maps) == (args.dataset is not None):
         raise DiffHMCError("give either map files or --dataset DIR, not both or neither")
-    for m in args.maps:
-        require = m.is_file()
-        if not require:
-            raise DiffHMCError(f"map file not found: {m}")
+    for m in args.maps:  # before the model loads
+        require_file(m, "map file")
     cfg = _inference_config(args)
     model = load_model(args.model, device=args.device)
     if args.dataset is not None:

@@ -18,8 +18,8 @@ import numpy as np
 
 from diffhmc import __version__
 from diffhmc.errors import DiffHMCError
-from diffhmc.fileio import atomic_path, save_figure, save_json, save_npy
-from diffhmc.inference import InferenceConfig, Posterior, infer_map
+from diffhmc.fileio import atomic_path, load_npy, save_figure, save_json, save_npy
+from diffhmc.inference import InferenceConfig, Posterior, infer_map, prepare_map
 from diffhmc.plots_inference import corner_figure, trace_figure
 
 Log = Callable[[str], None]
@@ -74,8 +74,6 @@ def format_posterior(summary: dict[str, Any], names: Sequence[str]) -> str:
 
 
 def _maps_of(path: Path) -> np.ndarray:
-    from diffhmc.fileio import load_npy
-
     a = load_npy(path, "map file")
     if a.ndim == 2:
         return a[None]
@@ -101,8 +99,6 @@ def infer_arrays(
     for p, m in stacks:
         for i, x in enumerate(m):
             try:
-                from diffhmc.inference import prepare_map
-
                 prepare_map(x, model)
             except DiffHMCError as exc:
                 raise DiffHMCError(f"{p} map {i}: {exc}") from None

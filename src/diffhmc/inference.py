@@ -294,7 +294,8 @@ def _locate(
     log(f"coarse grid: {len(y0)} points, best log L {float(y0.max()):.1f}")
     width = tr.forward(theta.max(0).values[None])[0] - tr.forward(theta.min(0).values[None])[0]
     max_scale = width / 2
-    scale = torch.diag(width / (cfg.coarse_grid - 1))
+    coarse_scale = torch.diag(width / (cfg.coarse_grid - 1))
+    scale = coarse_scale
     center = z0[int(torch.argmax(y0))].clone()
 
     if cheap is not like:
@@ -315,7 +316,7 @@ def _locate(
             like,
             tr,
             center,
-            torch.diag(width / (cfg.coarse_grid - 1)),
+            coarse_scale,
             max_scale,
             cfg.locate_rounds,
             log,
@@ -381,14 +382,12 @@ def infer_map(
         summary = summarize_draws(theta, names, res.diverging, truth_arr)
         summary["nuts"] = _nuts_stats(res)
         post = Posterior(theta=theta, summary=summary, idata=None, diverging=res.diverging)
+        post.design_theta = tr.inverse(z_design).numpy()
+        post.design_loglik = y_design.numpy()
     else:
         post = _surrogate_posterior(
             like, potential, z_design, y_design, cfg, names, truth_arr, progress, say, timings
         )
-    post.design_theta = (
-        tr.inverse(z_design).numpy() if post.design_theta is None else post.design_theta
-    )
-    post.design_loglik = y_design.numpy() if post.design_loglik is None else post.design_loglik
     post.timings = {**timings, **post.timings, "total_s": time.perf_counter() - t0}
     post.summary["settings"] = cfg.to_dict()
     post.summary["network_rows"] = {

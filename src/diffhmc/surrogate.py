@@ -7,20 +7,17 @@ Far from the design the GP mean returns to zero, so ``s`` keeps the quadratic's 
 shape; near it ``s`` interpolates the exact values (the likelihood with common random
 numbers is deterministic, so only a tiny jitter is used).
 
-:func:`design_round` proposes where to evaluate next: a stencil of points at 0, 1.5 and
-2.5 "sigmas" of the current quadratic fit around its maximum.
+Where to evaluate (the design) is chosen by :mod:`diffhmc.inference`.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 
 from diffhmc.errors import DiffHMCError
 
-__all__ = ["QuadraticGPSurrogate", "quadratic_features", "design_round"]
+__all__ = ["QuadraticGPSurrogate", "quadratic_features"]
 
 
 def quadratic_features(z: torch.Tensor) -> torch.Tensor:
@@ -69,7 +66,7 @@ class QuadraticGPSurrogate:
         self.precision = evecs @ torch.diag(evals) @ evecs.T
         self.mode = torch.linalg.solve(self.precision, self.coef[1 : 1 + p])
         self.chol_cov = torch.linalg.cholesky(torch.linalg.inv(self.precision))
-        self.q_const = 0.0
+        self.q_const = 0.0  # _q below reads it; the constant is then fitted
         self.q_const = float((yt[near] - self._q(zt[near])).mean())
         zt, yt, n = zt[near], yt[near], int(near.sum())
         self.z, self.y, self.length = zt, yt, float(length)
@@ -112,25 +109,3 @@ class QuadraticGPSurrogate:
         """``s(z)``: ``(B, P) -> (B,)`` (float64, differentiable)."""
         z = z.to(torch.float64)
         return self._q(z) + self._kernel(self._whiten(z), self.u) @ self.alpha
-
-    def residual_scale(self) -> float:
-        """RMS of the residuals the GP explains (0: the quadratic alone is exact)."""
-        return math.sqrt(self.signal)
-
-
-def design_round(
-    mode: torch.Tensor, chol_cov: torch.Tensor, radii: tuple[float, ...] = (1.5, 2.5)
-) -> torch.Tensor:
-    """Stencil around ``mode (P,)`` in whitened units (``z = mode + L u``): the centre, and
-    for each radius the ``2P`` axis points and the ``2^P`` diagonal points (``P <= 3``)."""
-    p = mode.shape[0]
-    pts = [torch.zeros(p, dtype=torch.float64)]
-    eye = torch.eye(p, dtype=torch.float64)
-    corners = torch.tensor(np.array(np.meshgrid(*[[-1.0, 1.0]] * p)).reshape(p, -1).T)
-    for r in radii:
-        for i in range(p):
-            pts += [r * eye[i], -r * eye[i]]
-        for c in corners:
-            pts.append(r * c / math.sqrt(p))
-    u = torch.stack(pts)
-    return mode + u @ chol_cov.T
