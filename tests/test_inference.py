@@ -173,10 +173,18 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
     np.save(tmp_path / "one.npy", maps[0])
     out = tmp_path / "post"
     args = ["infer", str(tmp_path / "one.npy"), "--model", str(ckpt), *TINY_INFER]
-    assert main([*args, "--truth", "0.3", "0.8", "--out", str(out)]) == 0
-    for name in ("posterior.nc", "summary.json", "corner.png", "trace.png"):
+    assert main([*args, "--truth", "0.3", "0.8", "--grid", "5", "--out", str(out)]) == 0
+    for name in ("posterior.nc", "summary.json", "corner.png", "trace.png", "grid.png"):
         assert (out / "one" / name).stat().st_size > 0
     summary = json.loads((out / "one" / "summary.json").read_text())
+    grid = summary["grid_check"]
+    assert grid["n_points"] == 25 and 0.0 <= grid["edge_mass"] <= 1.0
+    for n in ("Omega_m", "sigma_8"):  # the comparison is the sampled moments against the grid's
+        p, c = summary["parameters"][n], grid["sampled_vs_grid"][n]
+        assert c["std_ratio"] == pytest.approx(p["std"] / grid["std"][n])
+        assert c["mean_shift_in_std"] == pytest.approx(
+            (p["mean"] - grid["mean"][n]) / grid["std"][n]
+        )
     assert set(summary["parameters"]) == {"Omega_m", "sigma_8"}
     assert summary["parameters"]["Omega_m"]["truth"] == 0.3
     assert summary["settings"]["timesteps"] == [0, 1]

@@ -173,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (new, empty, or a run to resume)"
     )
     _add_inference_args(p)
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=0.0,
+        help="known std (dex) of Gaussian noise on the maps' log10: > 0 infers with the "
+        "noise-aware bound (the bound starts at the matching diffusion time)",
+    )
+    _add_batch_args(p)
 
     p = _parser(
         sub,
@@ -299,7 +307,114 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    _add_baseline_parser(sub)
+    _add_robustness_parser(sub)
     return parser
+
+
+def _add_robustness_parser(sub: Any) -> None:
+    """``diffhmc robustness``: CNN, NPE and Diffusion-HMC on noisy test maps."""
+    p = _parser(
+        sub,
+        "robustness",
+        "Noise robustness: add Gaussian noise (std in dex) to log10 of N test maps and run "
+        "the CNN and NPE baselines, Diffusion-HMC (noise ignored) and noise-aware "
+        "Diffusion-HMC; writes per-map results (resumable: rerun to continue, or to add "
+        "methods, levels or maps), table.json/.csv/.md (mean |bias| in percent, RMSE, |z|, "
+        "coverage of the 68 and 95 percent intervals) and robustness.png. Cost: about "
+        "N (2 L - 1) Diffusion-HMC posteriors for L levels, 1-3 min each on one CPU core "
+        "(fewer with --timesteps, --warmup, --samples); the baselines take seconds.",
+        "diffhmc robustness --dataset data/pm64 --n 10 --levels 0 0.01 0.02 0.05 --out runs/robust",
+    )
+    p.add_argument("--dataset", type=Path, default=Path("data/pm64"), help="dataset folder")
+    p.add_argument("--split", default="test", help="dataset split")
+    p.add_argument("--n", type=int, default=10, help="maps (one per simulation)")
+    p.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.01, 0.02, 0.05, 0.1],
+        metavar="STD",
+        help="noise std in dex added to log10 of the maps",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("cnn", "npe", "dhmc", "dhmc-noise"),
+        default=["cnn", "npe", "dhmc", "dhmc-noise"],
+        help="methods to compare (dhmc: noise ignored; dhmc-noise: noise-aware bound)",
+    )
+    p.add_argument("--cnn", type=Path, default=None, help="CNN checkpoint (default: shipped)")
+    p.add_argument("--npe", type=Path, default=None, help="NPE checkpoint (default: shipped)")
+    p.add_argument(
+        "--model", type=Path, default=None, help="diffusion checkpoint (default: shipped)"
+    )
+    p.add_argument(
+        "--data-noise-seed", type=int, default=0, help="seed of the noise added to the maps"
+    )
+    p.add_argument("--pick-seed", type=int, default=0, help="seed of the map per simulation")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (new, empty, or a run to resume)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_inference_args(p)
+
+
+def _add_baseline_parser(sub: Any) -> None:
+    """``diffhmc baseline train|predict``: the CNN and power-spectrum NPE baselines."""
+    p = _parser(
+        sub,
+        "baseline",
+        "Baselines beside Diffusion-HMC: a CNN moment network and power-spectrum NPE.",
+        "diffhmc baseline predict --model cnn --dataset data/pm64 --split test --n 100",
+    )
+    bsub = p.add_subparsers(dest="baseline_command", required=True)
+    t = _parser(
+        bsub,
+        "train",
+        "Train a baseline on a dataset's train split, early-stopped on val; writes "
+        "model.pt (best val), last.pt (resumable), config.json, history.json. Settings are "
+        "the fields of diffhmc.cnn.CNNConfig / diffhmc.npe.NPEConfig (an unknown key lists them).",
+        "diffhmc baseline train cnn --dataset data/pm64 --out runs/cnn --epochs 20 "
+        "--set time_limit_s=1200",
+    )
+    t.add_argument("kind", choices=("cnn", "npe"), help="baseline kind")
+    t.add_argument("--dataset", type=Path, required=True, help="dataset folder")
+    t.add_argument("--out", type=Path, default=None, help="run folder (new or empty)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (None: the config's)")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches")
+    t.add_argument("--config", type=Path, default=None, help="YAML file of settings")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set lr=1e-3 (repeatable)",
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (its config + --set)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = _parser(
+        bsub,
+        "predict",
+        "Posterior mean, std and 68 and 95 percent intervals from a trained baseline for .npy maps "
+        "(physical units) or N maps of a dataset split (then also RMSE, |z|, coverage); "
+        "writes predictions.json and predictions.csv.",
+        "diffhmc baseline predict --model src/diffhmc/models/npe.pt map.npy --out runs/p1",
+    )
+    q.add_argument(
+        "--model",
+        required=True,
+        help="baseline checkpoint, or 'cnn' / 'npe' for the shipped ones",
+    )
+    q.add_argument("maps", type=Path, nargs="*", help=".npy map files (H, W) or (N, H, W)")
+    q.add_argument("--dataset", type=Path, default=None, help="dataset folder (instead of maps)")
+    q.add_argument("--split", default="test", help="dataset split")
+    q.add_argument("--n", type=int, default=None, help="evenly spaced maps of the split (all)")
+    q.add_argument("--seed", type=int, default=0, help="seed of NPE's posterior draws")
+    q.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
@@ -311,13 +426,96 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
         help="NUTS on a checked surrogate of the bound (fast on CPU) or on the bound itself",
     )
     g.add_argument("--timesteps", type=int, default=20, help="use timesteps 0..K-1 of the bound")
+    g.add_argument(
+        "--full-bound",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timesteps 0..K-1: an unbiased estimate of the full bound from N "
+        "importance-sampled timesteps",
+    )
     g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
     g.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise draws")
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
     g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
     g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
     g.add_argument("--mcmc-seed", type=int, default=0, help="seed of the chains")
+    g.add_argument(
+        "--grid",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cross-check: the exact bound on an N x N grid over the posterior mean +- 5 std "
+        "(moments compared in summary.json, grid.png); 0: off",
+    )
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def _add_batch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "batch (--dataset only): posteriors run on Dask",
+        "default: a local cluster of worker processes; --workers 0 runs in this process "
+        "without Dask; --scheduler uses a running Dask scheduler; --slurm submits "
+        "SLURM jobs through dask-jobqueue (see README, 'Laptop, workstation GPU, cluster')",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default: one per CPU core, at most one per map; "
+        "0: in this process, no Dask), or with --slurm the number of SLURM jobs (default 1)",
+    )
+    g.add_argument("--threads-per-worker", type=int, default=1, help="posteriors per worker")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="e.g. tcp://host:8786")
+    g.add_argument("--retries", type=int, default=2, help="re-runs of a job that raised")
+    g.add_argument("--slurm", action="store_true", help="workers are SLURM jobs")
+    g.add_argument(
+        "--slurm-config",
+        type=Path,
+        default=None,
+        help="YAML of SLURM settings (queue, account, walltime, memory, cores, processes, "
+        "job_extra_directives, job_script_prologue, interface, ...)",
+    )
+    g.add_argument("--slurm-queue", default=None, help="SLURM partition")
+    g.add_argument("--slurm-account", default=None, help="SLURM account")
+    g.add_argument("--slurm-walltime", default=None, help="per job, e.g. 02:00:00")
+    g.add_argument("--slurm-memory", default=None, help="per job, e.g. 8GB")
+    g.add_argument("--slurm-cores", type=int, default=None, help="cores per job")
+
+
+def _cluster_spec(args: argparse.Namespace) -> Any:
+    """ClusterSpec of the infer batch options (validated)."""
+    from diffhmc.batch import ClusterSpec, SlurmSpec
+
+    slurm_flags = {
+        "queue": args.slurm_queue,
+        "account": args.slurm_account,
+        "walltime": args.slurm_walltime,
+        "memory": args.slurm_memory,
+        "cores": args.slurm_cores,
+    }
+    given = {k: v for k, v in slurm_flags.items() if v is not None}
+    if (given or args.slurm_config is not None) and not args.slurm:
+        raise DiffHMCError("--slurm-* options need --slurm")
+    if args.slurm and args.scheduler is not None:
+        raise DiffHMCError("give --slurm or --scheduler, not both")
+    common = {"threads_per_worker": args.threads_per_worker, "retries": args.retries}
+    if args.scheduler is not None:
+        if args.workers is not None:
+            raise DiffHMCError("--workers has no effect with --scheduler (start the workers there)")
+        return ClusterSpec(mode="scheduler", address=args.scheduler, **common)
+    if args.slurm:
+        values = _read_yaml(args.slurm_config) if args.slurm_config is not None else {}
+        slurm = SlurmSpec.from_dict({**values, **given})
+        if args.workers == 0:
+            raise DiffHMCError("--workers 0 (in this process) cannot be combined with --slurm")
+        return ClusterSpec(mode="slurm", workers=args.workers or 1, slurm=slurm, **common)
+    if args.workers == 0:
+        return ClusterSpec(mode="inprocess", **common)
+    if args.workers is None:
+        workers = max(1, (os.cpu_count() or 1) // max(1, args.threads_per_worker))
+        return ClusterSpec(mode="local", workers=workers, **common)
+    return ClusterSpec(mode="local", workers=args.workers, **common)
 
 
 def _inference_config(args: argparse.Namespace) -> Any:
@@ -329,6 +527,9 @@ def _inference_config(args: argparse.Namespace) -> Any:
         n_timesteps=args.timesteps,
         n_draws=args.draws,
         noise_seed=args.noise_seed,
+        noise_std=getattr(args, "noise_std", 0.0),
+        full_bound=args.full_bound,
+        grid_check=args.grid,
         nuts=NUTSConfig(
             n_chains=args.chains,
             n_warmup=args.warmup,
@@ -345,14 +546,18 @@ def _run_infer(args: argparse.Namespace) -> int:
 
     if bool(args.maps) == (args.dataset is not None):
         raise DiffHMCError("give either map files or --dataset DIR, not both or neither")
+    batch_opts = (args.workers, args.scheduler, args.slurm_config) != (None, None, None)
+    if args.maps and (batch_opts or args.slurm):
+        raise DiffHMCError("--workers, --scheduler and --slurm apply to --dataset batches")
     for m in args.maps:  # before the model loads
         require_file(m, "map file")
     cfg = _inference_config(args)
+    cluster = _cluster_spec(args) if args.dataset is not None else None
     model = load_model(args.model, device=args.device)
     if args.dataset is not None:
         out = args.out if args.out is not None else _run_dir(None, "infer")
         out.mkdir(parents=True, exist_ok=True)
-        infer_dataset(args.dataset, args.split, args.n, model, cfg, out)
+        infer_dataset(args.dataset, args.split, args.n, model, cfg, out, cluster=cluster)
     else:
         infer_arrays(args.maps, model, cfg, _run_dir(args.out, "infer"), truth=args.truth)
     return 0
@@ -405,6 +610,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_dataset(args)
     elif args.command == "train":
         return _run_train(args)
+    elif args.command == "baseline":
+        return _run_baseline(args)
+    elif args.command == "robustness":
+        return _run_robustness(args)
     elif args.command == "validate-emulator":
         report.validate_emulator(
             args.model,
@@ -444,6 +653,122 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_baseline(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from diffhmc import baseline
+    from diffhmc.fileio import load_npy
+
+    if args.baseline_command == "train":
+        if args.resume:
+            if args.out is None or args.config is not None:
+                raise DiffHMCError("--resume needs --out RUN_DIR and reads its config.json")
+            from diffhmc.fileio import load_json
+
+            base = load_json(args.out / "config.json", "baseline run config").get("config", {})
+        else:
+            base = _read_yaml(args.config) if args.config is not None else {}
+        values = _apply_overrides(base, args.overrides)
+        if args.epochs is not None:
+            values["epochs"] = args.epochs
+        cfg = baseline.make_config(args.kind, values)
+        out = args.out if args.resume else _run_dir(args.out, f"baseline-{args.kind}")
+        s = baseline.train_baseline(
+            args.kind, args.dataset, out, cfg, args.seed, not args.no_progress, args.resume
+        )
+        print(
+            f"{args.kind}: {s['epochs_run']} epochs ({s['stop_reason']}), best val loss "
+            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}, {s['train_time_s']:.0f} s "
+            f"-> {s['model']}"
+        )
+        return 0
+    if bool(args.maps) == (args.dataset is not None):
+        raise DiffHMCError("give either map files or --dataset DIR, not both or neither")
+    path = Path(args.model)
+    if not path.exists() and args.model in baseline.KINDS:
+        path = baseline.shipped_baseline(args.model)
+    model = baseline.load_baseline(path)
+    truth = None
+    if args.dataset is not None:
+        from diffhmc.dataset import load_dataset
+
+        ds = load_dataset(args.dataset)
+        rows = ds.split_indices(args.split)
+        if args.n is not None:
+            if args.n < 1:
+                raise DiffHMCError(f"--n must be >= 1, got {args.n}")
+            rows = rows[
+                np.unique(np.linspace(0, len(rows) - 1, min(args.n, len(rows))).astype(int))
+            ]
+        maps, truth = np.asarray(ds.maps[rows]), ds.params[rows]
+        labels = [f"{args.split}:{r}" for r in rows]
+    else:
+        arrays, labels = [], []
+        for f in args.maps:
+            a = load_npy(f, "map file")
+            a = a[None] if a.ndim == 2 else a
+            arrays.append(a)
+            labels += [f"{f}:{i}" for i in range(len(a))] if len(a) > 1 else [str(f)]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) > 1 or any(a.ndim != 3 for a in arrays):
+            raise DiffHMCError(
+                f"map files must hold (H, W) or (N, H, W) arrays of one size, got {shapes}"
+            )
+        maps = np.concatenate(arrays)
+    out = _run_dir(args.out, f"baseline-{model.kind}")
+    res = baseline.predict_report(model, maps, out, labels, truth=truth, seed=args.seed)
+    pred = res["predictions"]
+    for i, label in enumerate(labels[:10]):
+        cols = [
+            f"{n} {pred['mean'][i][j]:.4f} +- {pred['std'][i][j]:.4f}"
+            + (f" (true {res['truth'][i][j]:.4f})" if truth is not None else "")
+            for j, n in enumerate(model.names)
+        ]
+        print(f"{label}: " + ", ".join(cols))
+    if len(labels) > 10:
+        print(f"... {len(labels) - 10} more maps")
+    if truth is not None:
+        for n, m in res["metrics"]["params"].items():
+            print(
+                f"{n}: RMSE {m['rmse']:.4f}, mean |z| {m['mean_abs_z']:.2f}, mean |bias| "
+                f"{m['mean_abs_bias_pct']:.1f}%, coverage 68% {m['coverage_68']:.2f}, "
+                f"95% {m['coverage_95']:.2f} ({res['metrics']['n_maps']} maps)"
+            )
+    print(f"predictions in {out}")
+    return 0
+
+
+def _run_robustness(args: argparse.Namespace) -> int:
+    from diffhmc.robustness import RobustnessConfig, run_robustness
+
+    cfg = RobustnessConfig(
+        dataset=str(args.dataset),
+        split=args.split,
+        n_maps=args.n,
+        levels=tuple(args.levels),
+        methods=tuple(args.methods),
+        noise_seed=args.data_noise_seed,
+        pick_seed=args.pick_seed,
+    )
+    icfg = _inference_config(args)
+    baselines: dict[str, Any] = {}
+    for kind in ("cnn", "npe"):
+        if kind in cfg.methods:
+            from diffhmc.baseline import load_baseline, shipped_baseline
+
+            path = getattr(args, kind)
+            baselines[kind] = load_baseline(path if path is not None else shipped_baseline(kind))
+    model = None
+    if any(m.startswith("dhmc") for m in cfg.methods):
+        from diffhmc.checkpoint import load_model
+
+        model = load_model(args.model, device=args.device)
+    out = args.out if args.out is not None else _run_dir(None, "robustness")
+    table = run_robustness(cfg, out, model, baselines, icfg, progress=not args.no_progress)
+    print((out / "table.md").read_text())
+    return 0 if table["rows"] else 2
+
+
 def _run_dataset(args: argparse.Namespace) -> int:
     from diffhmc import camels, dataset, generate
 
@@ -478,7 +803,15 @@ def _run_dataset(args: argparse.Namespace) -> int:
 # every training step (seconds per step on CPU); raising the thresholds measured 2-3x faster
 # (REFERENCE.md). glibc reads GLIBC_TUNABLES only at start-up, hence the re-exec below.
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-HEAVY_COMMANDS = ("train", "sample", "validate-emulator", "infer", "demo")
+HEAVY_COMMANDS = (
+    "train",
+    "sample",
+    "validate-emulator",
+    "infer",
+    "demo",
+    "baseline",
+    "robustness",
+)
 
 
 def _maybe_reexec_with_tunables(argv: list[str]) -> None:

@@ -2,29 +2,48 @@
 
 Each posterior folder holds ``posterior.nc`` (ArviZ InferenceData, netCDF), ``summary.json``
 (means, stds, 68/95% intervals, R-hat, ESS, divergences, the exact-bound check, settings,
-seeds, timings), ``corner.png`` and ``trace.png``; every file is written atomically.
+seeds, timings), ``corner.png`` and ``trace.png``; every file is written atomically and
+``summary.json`` last, so its presence marks a finished posterior.
+
+Dataset batches (:func:`infer_dataset`) run one :class:`PosteriorJob` per map through
+:mod:`diffhmc.batch` (in this process, or on Dask workers that each load the model once,
+:func:`worker_model`) and assemble ``table.csv`` from the per-map ``summary.json`` files.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffhmc import __version__
+from diffhmc.batch import DONE_FILE, ERROR_FILE, ClusterSpec, Job, run_jobs
 from diffhmc.errors import DiffHMCError
 from diffhmc.fileio import atomic_path, load_npy, save_figure, save_json, save_npy
 from diffhmc.inference import InferenceConfig, Posterior, infer_map, prepare_map
-from diffhmc.plots_inference import corner_figure, trace_figure
+from diffhmc.plots_inference import corner_figure, grid_figure, trace_figure
 
 Log = Callable[[str], None]
 
-__all__ = ["save_posterior", "infer_arrays", "infer_dataset", "inference_demo", "format_posterior"]
+__all__ = [
+    "save_posterior",
+    "infer_arrays",
+    "infer_dataset",
+    "inference_demo",
+    "format_posterior",
+    "PosteriorJob",
+    "run_posterior_job",
+    "worker_model",
+    "summary_table",
+]
 
 
 def save_posterior(
@@ -34,18 +53,22 @@ def save_posterior(
     truth: np.ndarray | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``posterior.nc``, ``summary.json``, ``corner.png``, ``trace.png`` into ``out``."""
+    """Write ``posterior.nc``, ``corner.png``, ``trace.png`` and, last, ``summary.json``
+    into ``out`` (each atomically: a folder with ``summary.json`` is complete)."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "posterior.nc") as tmp:
         post.idata.to_netcdf(str(tmp))
-    save_json(
-        out / "summary.json", {**post.summary, **(extra or {}), "package_version": __version__}
-    )
     draws = post.theta.reshape(-1, post.theta.shape[-1])
     overlay = {"design points": post.design_theta} if post.design_theta is not None else None
     fig = corner_figure(draws, names, truth=truth, extra=overlay, title=_title(post.summary, names))
     save_figure(out / "corner.png", fig)
     save_figure(out / "trace.png", trace_figure(post.theta, names, truth))
+    if post.grid is not None and len(names) == 2:
+        g = post.grid
+        save_figure(out / "grid.png", grid_figure(g.axes, g.log_like, draws, names, truth))
+    save_json(
+        out / "summary.json", {**post.summary, **(extra or {}), "package_version": __version__}
+    )
 
 
 def _title(summary: dict[str, Any], names: Sequence[str]) -> str:
@@ -124,6 +147,89 @@ def infer_arrays(
     return results
 
 
+@dataclass(frozen=True)
+class PosteriorJob:
+    """Payload of one posterior in a batch: the map ``density (H, W)`` in physical units,
+    its ``truth (P,)`` if known, the settings, extra fields for ``summary.json``, and where
+    a worker finds the model (a checkpoint file, loaded once per worker process)."""
+
+    density: np.ndarray
+    truth: np.ndarray | None
+    cfg: InferenceConfig
+    extra: dict[str, Any]
+    model_path: str | None = None
+    device: str = "cpu"
+    use_ema: bool = True
+
+
+_MODEL_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, device: str, use_ema: bool, stamp: int) -> Any:
+    from diffhmc.checkpoint import load_model
+
+    model = load_model(path, use_ema=use_ema, device=device)
+    model.net.requires_grad_(False)  # inference differentiates w.r.t. theta only
+    return model
+
+
+def worker_model(path: str | None, device: str = "cpu", use_ema: bool = True) -> Any:
+    """The model of checkpoint ``path`` (``None``: the shipped one), loaded once per process
+    and kept (keyed by path, device, EMA choice and the file's mtime), so a Dask worker
+    loads it once for all the posteriors it runs."""
+    from diffhmc.checkpoint import resolve_model
+
+    p = resolve_model(path)
+    stamp = p.stat().st_mtime_ns if p.is_file() else 0
+    with _MODEL_LOCK:
+        return _cached_model(str(p), device, use_ema, stamp)
+
+
+def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> None:
+    """One batch posterior into ``folder`` (``summary.json`` written last); ``model``
+    defaults to this process's cached copy of ``job.model_path``."""
+    if model is None:
+        model = worker_model(job.model_path, job.device, job.use_ema)
+    t0 = time.perf_counter()
+    truth = None if job.truth is None else job.truth.tolist()
+    post = infer_map(model, job.density, job.cfg, truth=truth)
+    extra = {**job.extra, "seconds": time.perf_counter() - t0}
+    save_posterior(post, folder, list(model.space.names), job.truth, extra)
+
+
+TABLE_KEYS = ("truth", "mean", "std", "rhat", "ess_bulk", "z_score")
+
+
+def summary_table(rows: Sequence[tuple[int, int, dict[str, Any]]], names: Sequence[str]) -> list:
+    """One table row per ``(sim, row, summary)``: truth, mean, std, R-hat, bulk ESS, z,
+    95% interval per parameter, seconds and the number of warnings."""
+    table = []
+    for sim, row, summary in rows:
+        entry: dict[str, Any] = {"sim": sim, "row": row}
+        for nme in names:
+            p = summary["parameters"][nme]
+            for key in TABLE_KEYS:
+                entry[f"{nme}_{key}"] = p.get(key)
+            entry[f"{nme}_lo95"], entry[f"{nme}_hi95"] = p["interval_95"]
+        entry["seconds"] = summary.get("timings", {}).get("total_s")
+        entry["warnings"] = len(summary.get("warnings", []))
+        table.append(entry)
+    return table
+
+
+def _save_table(out: Path, table: list[dict[str, Any]]) -> None:
+    save_json(out / "table.json", table)
+    if not table:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0]))
+    w.writeheader()
+    w.writerows(table)
+    with atomic_path(out / "table.csv") as tmp:
+        tmp.write_text(buf.getvalue())
+
+
 def infer_dataset(
     dataset: Path,
     split: str,
@@ -133,16 +239,24 @@ def infer_dataset(
     out: Path,
     seed: int = 0,
     log: Log = print,
+    cluster: ClusterSpec | None = None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Posteriors for ``n`` maps of a dataset split (one seeded map per simulation), one
-    folder per map; finished maps (with a ``summary.json``) are skipped, so an interrupted
-    run resumes. Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals,
-    R-hat, ESS, time per map)."""
-    from tqdm import tqdm
+    folder ``sim{sim:04d}_map{row:06d}`` per map, run by :func:`diffhmc.batch.run_jobs` on
+    ``cluster`` (``None``: one after the other in this process with ``model``; otherwise
+    every Dask worker loads ``model.source``, a checkpoint file, once).
 
+    Finished maps (with a ``summary.json``) are skipped, so an interrupted run resumes.
+    Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals, R-hat, ESS, time
+    per finished map), assembled from the per-map ``summary.json`` files. Maps that failed
+    keep an ``error.json``, are listed in ``errors.json`` and raise :class:`DiffHMCError`
+    after the table is written. Returns the summaries in the order of the maps.
+    """
     from diffhmc.dataset import load_dataset
     from diffhmc.fileio import load_json
 
+    cluster = cluster or ClusterSpec(mode="inprocess")
     ds = load_dataset(dataset)
     if list(ds.space.names) != list(model.space.names):
         raise DiffHMCError(
@@ -160,49 +274,45 @@ def infer_dataset(
         rows = np.flatnonzero(ds.sim_id == sim)
         picks.append((int(rng.choice(rows)), int(sim)))
     names = list(model.space.names)
-    rows_out = []
-    for row, sim in tqdm(picks, desc="posteriors", unit="map"):
-        folder = out / f"sim{sim:04d}_map{row:06d}"
-        if (folder / "summary.json").exists():
-            summary = load_json(folder / "summary.json")
-        else:
-            t0 = time.perf_counter()
-            truth = ds.params[row]
-            post = infer_map(model, np.asarray(ds.maps[row]), cfg, truth=truth)
-            summary = post.summary
-            save_posterior(
-                post,
-                folder,
-                names,
-                truth,
-                {
-                    "dataset": str(dataset),
-                    "row": row,
-                    "sim": sim,
-                    "seconds": time.perf_counter() - t0,
-                },
+    if cluster.mode == "inprocess":
+        fn: Callable[[Any, Path], None] = functools.partial(run_posterior_job, model=model)
+        where: dict[str, Any] = {}
+    else:
+        source = Path(str(getattr(model, "source", "")))
+        if not source.is_file():
+            raise DiffHMCError(
+                f"Dask workers load the model from its checkpoint file, but {source} is not "
+                "a file; use the in-process mode (--workers 0) for an in-memory model"
             )
-        rows_out.append({"sim": sim, "row": row, "summary": summary})
-    table = []
-    for r in rows_out:
-        entry: dict[str, Any] = {"sim": r["sim"], "row": r["row"]}
-        for nme in names:
-            p = r["summary"]["parameters"][nme]
-            for key in ("truth", "mean", "std", "rhat", "ess_bulk", "z_score"):
-                entry[f"{nme}_{key}"] = p.get(key)
-            entry[f"{nme}_lo95"], entry[f"{nme}_hi95"] = p["interval_95"]
-        entry["seconds"] = r["summary"].get("timings", {}).get("total_s")
-        entry["warnings"] = len(r["summary"].get("warnings", []))
-        table.append(entry)
-    save_json(out / "table.json", table)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(table[0]))
-    w.writeheader()
-    w.writerows(table)
-    with atomic_path(out / "table.csv") as tmp:
-        tmp.write_text(buf.getvalue())
+        fn = run_posterior_job
+        where = {
+            "model_path": str(source.resolve()),
+            "device": str(next(model.net.parameters()).device),
+            "use_ema": bool(getattr(model, "used_ema", True)),
+        }
+    jobs = []
+    for row, sim in picks:
+        name = f"sim{sim:04d}_map{row:06d}"
+        extra = {"dataset": str(dataset), "row": row, "sim": sim}
+        payload = PosteriorJob(np.asarray(ds.maps[row]), ds.params[row], cfg, extra, **where)
+        jobs.append(Job(name, out / name, payload))
+    result = run_jobs(fn, jobs, cluster, progress=progress, log=log)
+    finished = []
+    for (row, sim), job in zip(picks, jobs, strict=True):
+        if (job.folder / DONE_FILE).is_file():
+            finished.append((sim, row, load_json(job.folder / DONE_FILE, "map summary")))
+    table = summary_table(finished, names)
+    _save_table(out, table)
     log(f"{len(table)} posteriors -> {out} (table.csv)")
-    return [r["summary"] for r in rows_out]
+    if result.failed:
+        save_json(out / "errors.json", result.failed)
+        raise DiffHMCError(
+            f"{len(result.failed)} of {len(jobs)} posteriors failed (the table has the "
+            f"{len(table)} finished ones); see {out / 'errors.json'} and each map's "
+            f"{ERROR_FILE}; rerun to retry them"
+        )
+    (out / "errors.json").unlink(missing_ok=True)
+    return [s for _, _, s in finished]
 
 
 def inference_demo(

@@ -13,8 +13,9 @@ function of ``theta``), the uniform prior box handled by the logit transform of
 ``method="surrogate"`` (default)
     1. *Locate* (forward passes only, batched over ``theta``): ``log L`` on a coarse grid
        over the prior box, then rounds of stencils around the current quadratic fit.
-    2. *Surrogate*: quadratic + Gaussian-process residual fit of ``log L`` in ``z``
-       (:class:`diffhmc.surrogate.QuadraticGPSurrogate`).
+    2. *Surrogate*: quadratic + Gaussian-process residual fit of ``log L`` in the unit box
+       ``u = (theta - low) / (high - low)`` (:class:`diffhmc.surrogate.QuadraticGPSurrogate`;
+       bounded on the box, so the surrogate posterior is proper even for flat bounds).
     3. *NUTS* on the surrogate potential (milliseconds per gradient), several chains from
        dispersed starts, ArviZ diagnostics.
     4. *Exact correction*: ``log L`` at ``n_correction`` draws (one batched pass), importance
@@ -40,8 +41,11 @@ import torch
 
 from diffhmc.diagnostics import inference_data, psis, summarize_draws, weighted_summary
 from diffhmc.errors import DiffHMCError
+from diffhmc.grid import GridPosterior, compare_to_grid, grid_axes, grid_posterior
 from diffhmc.likelihood import BoundLikelihood, importance_timesteps
 from diffhmc.mcmc import NUTSConfig, run_nuts
+from diffhmc.noise import normalized_noise_std
+from diffhmc.noisy_likelihood import NoisyBoundLikelihood
 from diffhmc.potential import BoxTransform, Potential
 from diffhmc.surrogate import QuadraticGPSurrogate
 
@@ -81,6 +85,14 @@ class InferenceConfig:
     max_batch: int = 64
     """Largest number of network rows (theta x timestep x draw) per forward call."""
     use_ema: bool = True
+    grid_check: int = 0
+    """If >= 3: after sampling, evaluate the exact ``log L`` on a ``grid_check``-per-axis grid
+    over the posterior mean +- 5 std (clipped to the prior box) and compare the moments
+    (:mod:`diffhmc.grid`); costs ``grid_check^P`` bound evaluations."""
+    noise_std: float = 0.0
+    """Known white-noise std (dex) added to the map's ``log10``; > 0 uses the noise-aware
+    bound (:class:`diffhmc.noisy_likelihood.NoisyBoundLikelihood`), whose timesteps (and
+    ``full_bound`` draws) count from the matched noise level instead of ``t = 0``."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -97,8 +109,20 @@ class InferenceConfig:
                 raise DiffHMCError(f"inference setting {name} must be an integer >= 1, got {v!r}")
         if self.coarse_grid < 3:
             raise DiffHMCError("coarse_grid must be >= 3")
+        if self.grid_check != 0 and (
+            isinstance(self.grid_check, bool)
+            or not isinstance(self.grid_check, int)
+            or self.grid_check < 3
+        ):
+            raise DiffHMCError(f"grid_check must be 0 (off) or >= 3, got {self.grid_check!r}")
         if self.max_refits < 0 or self.locate_rounds < 1:
             raise DiffHMCError("max_refits must be >= 0 and locate_rounds >= 1")
+        ns = self.noise_std
+        if isinstance(ns, bool) or not isinstance(ns, (int, float)) or not ns >= 0:
+            raise DiffHMCError(f"noise_std must be a number >= 0, got {ns!r}")
+        if not math.isfinite(ns):
+            raise DiffHMCError(f"noise_std must be finite, got {ns!r}")
+        object.__setattr__(self, "noise_std", float(ns))
 
     def timestep_list(self) -> list[int]:
         return list(self.timesteps) if self.timesteps is not None else list(range(self.n_timesteps))
@@ -158,6 +182,21 @@ class MapLikelihood:
 
         timesteps: list[int] = cfg.timestep_list()
         weights = None
+        self.bound: BoundLikelihood | NoisyBoundLikelihood
+        if cfg.noise_std > 0:  # known noise: the bound starts at the matched noise level
+            self.bound = NoisyBoundLikelihood.from_offsets(
+                eps_model,
+                model.schedule,
+                x0.to(dev),
+                normalized_noise_std(cfg.noise_std, model.normalization),
+                offsets=timesteps,
+                full_bound=cfg.full_bound,
+                full_bound_seed=cfg.noise_seed + 1,
+                n_draws=cfg.n_draws,
+                seed=cfg.noise_seed,
+                max_batch=cfg.max_batch,
+            )
+            return
         if cfg.full_bound:
             gen = torch.Generator().manual_seed(cfg.noise_seed + 1)
             timesteps, weights = importance_timesteps(model.schedule, cfg.full_bound, gen)
@@ -200,6 +239,8 @@ class Posterior:
     timings: dict[str, float] = field(default_factory=dict)
     diverging: np.ndarray | None = None
     """``(C, S)`` divergent transitions of the NUTS chains."""
+    grid: GridPosterior | None = None
+    """The exact bound on a grid around the posterior (``cfg.grid_check``)."""
 
 
 def _theta_grid(space: Any, n: int) -> torch.Tensor:
@@ -388,6 +429,10 @@ def infer_map(
         post = _surrogate_posterior(
             like, potential, z_design, y_design, cfg, names, truth_arr, progress, say, timings
         )
+    if cfg.grid_check:
+        t3 = time.perf_counter()
+        post.grid = _grid_check(like, post.summary, names, cfg.grid_check, say)
+        timings["grid_s"] = time.perf_counter() - t3
     post.timings = {**timings, **post.timings, "total_s": time.perf_counter() - t0}
     post.summary["settings"] = cfg.to_dict()
     post.summary["network_rows"] = {
@@ -405,6 +450,47 @@ def infer_map(
     return post
 
 
+GRID_MAX_SHIFT = 0.3
+GRID_STD_RATIO = (0.8, 1.25)
+"""A sampled posterior whose mean is off the grid's by more than ``GRID_MAX_SHIFT`` grid std,
+or whose std ratio lies outside ``GRID_STD_RATIO``, is flagged."""
+
+
+def _grid_check(
+    like: MapLikelihood,
+    summary: dict[str, Any],
+    names: list[str],
+    n: int,
+    say: Callable[[str], None],
+) -> GridPosterior:
+    """Exact ``log L`` on a grid over the posterior mean +- 5 std; adds ``grid_check`` to
+    ``summary`` (moments, mean shift in grid std, std ratio) and a warning when the
+    sampled posterior misses the grid's by more than :data:`GRID_MAX_SHIFT` /
+    :data:`GRID_STD_RATIO`."""
+    par = summary["parameters"]
+    mean = np.array([par[k]["mean"] for k in names])
+    std = np.array([par[k]["std"] for k in names])
+    axes = grid_axes(like.space, mean, 5.0 * std, n)
+    grid = grid_posterior(like.batched, like.space, axes)
+    cmp = compare_to_grid(grid, mean, std)
+    summary["grid_check"] = {**grid.to_dict(), "sampled_vs_grid": cmp}
+    lo, hi = GRID_STD_RATIO
+    bad = [
+        k
+        for k, c in cmp.items()
+        if abs(c["mean_shift_in_std"]) > GRID_MAX_SHIFT
+        or not lo <= c["std_ratio"] <= hi
+    ]
+    if grid.edge_mass > 0.01:
+        bad.append(f"grid edge mass {grid.edge_mass:.3f}")
+    if bad:
+        summary.setdefault("warnings", []).append(
+            f"the grid cross-check disagrees with the sampled posterior ({', '.join(bad)}): {cmp}"
+        )
+    say(f"grid check ({n}^{len(names)} points): {cmp}")
+    return grid
+
+
 def _nuts_stats(res: Any) -> dict[str, Any]:
     return {
         "step_size": res.step_size.tolist(),
@@ -418,14 +504,27 @@ def _nuts_stats(res: Any) -> dict[str, Any]:
 def _surrogate_potential(
     sur: QuadraticGPSurrogate, potential: Potential
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``U_s(z) = -(s(z) + log prior + log |d theta / d z|)`` for one ``z (P,)``."""
+    """``U_s(z) = -(s(sigmoid(z)) + log prior + log |d theta / d z|)`` for one ``z (P,)``.
+
+    The surrogate ``s`` lives in the unit box ``u = (theta - low) / (high - low) =
+    sigmoid(z)``: a quadratic there is bounded on the prior box, so ``exp(-U_s)`` is a proper
+    density even when the fitted bound is flat or its maximum lies outside the box (a
+    quadratic in ``z`` would then grow without bound and send chains to the box corners).
+    """
     tr, log_prior = potential.transform, potential.log_prior_density
 
     def u(z: torch.Tensor) -> torch.Tensor:
         zb = z.unsqueeze(0)
-        return -(sur(zb)[0] + log_prior + tr.log_abs_det_jacobian(zb)[0])
+        return -(sur(torch.sigmoid(zb))[0] + log_prior + tr.log_abs_det_jacobian(zb)[0])
 
     return u
+
+
+def _unit_inits(sur: QuadraticGPSurrogate, n: int, seed: int) -> torch.Tensor:
+    """``n`` dispersed starts ``z (n, P)`` around the unit-box surrogate's maximum (kept
+    inside the box, at most 2 fitted widths out)."""
+    u = _dispersed_inits(sur.mode, sur.chol_cov, n, seed).clamp(1e-3, 1 - 1e-3)
+    return torch.logit(u)
 
 
 def _surrogate_posterior(
@@ -443,8 +542,8 @@ def _surrogate_posterior(
     tr = potential.transform
     gen = np.random.default_rng(cfg.nuts.seed + 7919)
     for attempt in range(cfg.max_refits + 1):
-        sur = QuadraticGPSurrogate(z_design.numpy(), y_design.numpy())
-        inits = _dispersed_inits(sur.mode, sur.chol_cov, cfg.nuts.n_chains, cfg.nuts.seed + attempt)
+        sur = QuadraticGPSurrogate(torch.sigmoid(z_design).numpy(), y_design.numpy())
+        inits = _unit_inits(sur, cfg.nuts.n_chains, cfg.nuts.seed + attempt)
         t1 = time.perf_counter()
         res = run_nuts(_surrogate_potential(sur, potential), inits, cfg.nuts, progress)
         timings["nuts_s"] = timings.get("nuts_s", 0.0) + time.perf_counter() - t1
@@ -457,7 +556,7 @@ def _surrogate_posterior(
         exact = like.batched(tr.inverse(zc))
         timings["correction_s"] = timings.get("correction_s", 0.0) + time.perf_counter() - t2
         with torch.no_grad():
-            approx = sur(zc)
+            approx = sur(torch.sigmoid(zc))
         lw_raw = (exact - approx).numpy()
         lw, khat = psis(lw_raw)
         spread = float(lw_raw.std())

@@ -195,6 +195,7 @@ def importance_timesteps(
     k: int,
     generator: torch.Generator,
     proposal: str | torch.Tensor = "sqrt_proxy",
+    start: int = 0,
 ) -> tuple[list[int], torch.Tensor]:
     r"""Timesteps and weights for an unbiased estimate of the full bound ``sum_{t<T} L_t``.
 
@@ -213,13 +214,21 @@ def importance_timesteps(
     ``q ∝ E[L_t]`` that keeps mass on the large-``t`` terms; ``"uniform"``
     ``q(t) = 1/T``; or a ``(T,)`` tensor of positive probabilities (normalised here).
 
+    ``start > 0`` estimates ``sum_{t=start}^{T-1} L_t`` instead (the noise-aware bound of
+    :mod:`diffhmc.noisy_likelihood` starts at the matched noise level): ``q`` is restricted to
+    ``[start, T)`` and renormalised.
+
     Returns ``(timesteps, weights)``: a list of ints and a float64 tensor of the same length.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DiffHMCError(f"k must be an integer >= 1, got {k!r}")
     if not isinstance(generator, torch.Generator):
         raise DiffHMCError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < schedule.n_steps:
+        raise DiffHMCError(f"start must be an integer in [0, {schedule.n_steps}), got {start!r}")
     q = proposal_probabilities(schedule, proposal)
+    if start:
+        q = torch.cat([torch.zeros(start, dtype=q.dtype), q[start:] / q[start:].sum()])
     draws = torch.multinomial(q, k, replacement=True, generator=generator)
     ts, counts = torch.unique(draws, sorted=True, return_counts=True)
     weights = counts.to(torch.float64) / (k * q[ts])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["corner_figure", "trace_figure"]
+__all__ = ["corner_figure", "trace_figure", "grid_figure"]
 
 
 def _weighted_hist(x: np.ndarray, w: np.ndarray | None, bins: np.ndarray) -> np.ndarray:
@@ -112,4 +112,30 @@ def trace_figure(
         ax.set_ylabel(names[i])
     axes[-1].set_xlabel("draw")
     axes[0].legend(fontsize=7, ncol=c, loc="upper right")
+    return fig
+
+
+def grid_figure(
+    axes_1d: Sequence[np.ndarray],
+    log_like: np.ndarray,
+    draws: np.ndarray,
+    names: Sequence[str],
+    truth: np.ndarray | None = None,
+) -> Figure:
+    """The grid cross-check (P = 2): 68/95% contours of the exact bound on the grid
+    ``log_like (n_1, n_2)`` over the sampled ``draws (N, 2)``."""
+    fig = Figure(figsize=(5, 4.5), constrained_layout=True)
+    ax = fig.subplots()
+    ax.plot(draws[:, 0], draws[:, 1], ".", ms=2, alpha=0.3, color="C0", label="sampled draws")
+    w = np.exp(log_like - log_like.max())
+    levels = _hpd_levels(w, (0.95, 0.68))
+    if levels is not None:
+        cs = ax.contour(axes_1d[0], axes_1d[1], w.T, levels=levels, colors=["C1", "C3"])
+        ax.clabel(cs, fmt={levels[0]: "95%", levels[1]: "68%"}, fontsize=7)
+    if truth is not None:
+        ax.plot(truth[0], truth[1], "k*", ms=10, label="truth")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title("grid cross-check: exact bound (contours) vs draws")
+    ax.legend(fontsize=7)
     return fig

@@ -5,10 +5,18 @@ Loss: ``E_{t, eps} || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t, the
 (MSE, consistent with the Gaussian bound used for inference; Huber selectable as in the
 paper), with ``t`` uniform on ``[0, T)`` and the 8 symmetries of the square as augmentation.
 
-Randomness is a pure function of ``(seed, step, rank)``: batch indices, timesteps, noise and
-augmentation for step ``s`` come from a generator seeded with those, so a resumed run
-continues exactly as if uninterrupted (``--resume``), and ``world_size`` ranks draw
-disjoint streams.
+Randomness is a pure function of ``(seed, step)``: the *global* batch of step ``s`` (map
+indices, symmetries, timesteps, noise) comes from one generator seeded with those, so a
+resumed run continues exactly as if uninterrupted (``--resume``).
+
+Data parallel: ``batch_size`` is per device (process); the global batch of one optimizer
+step is ``G = batch_size * world_size`` (``world_size = devices * num_nodes``). Every rank
+draws the same global batch of ``G`` and trains on its contiguous slice
+``[rank * batch_size, (rank + 1) * batch_size)``; DDP averages the gradients over ranks, so
+the step equals a single-process step on all ``G`` maps. A run on ``W`` processes with
+``batch_size = B`` therefore reproduces a one-process run with ``batch_size = W * B`` (same
+losses and weights up to float32 summation order; ``tests/test_ddp.py``). The learning rate
+is not rescaled with ``W``.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class TrainConfig:
     lr: float = 2e-4
     warmup_steps: int = 500
     batch_size: int = 32
+    """Maps per device per step; the global batch is ``batch_size * devices * num_nodes``."""
     max_steps: int = 20000
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -154,12 +163,49 @@ def resolve_precision(precision: str) -> str:
 def step_generator(
     seed: int, step: int, rank: int = 0, device: torch.device | str = "cpu"
 ) -> torch.Generator:
-    """The generator that owns all randomness of ``step`` on ``rank``, living on ``device``
-    (so a GPU run draws its batch, noise and symmetries on the GPU; the streams of a CPU
-    and a CUDA generator with the same seed differ, each is reproducible)."""
+    """The generator that owns all randomness of ``step`` (training uses ``rank = 0`` on
+    every rank: the global batch is drawn once, identically, and sliced), living on
+    ``device`` (so a GPU run draws its batch, noise and symmetries on the GPU; the streams
+    of a CPU and a CUDA generator with the same seed differ, each is reproducible)."""
     ss = np.random.SeedSequence([seed, step, rank])
     seed64 = int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator(device=device).manual_seed(seed64)
+
+
+def draw_noise(
+    gen: torch.Generator, shape: tuple[int, ...], n_steps: int, augment: bool
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The random part of a training batch of ``shape = (B, C, H, W)``, on ``gen``'s device,
+    in a fixed order: symmetries ``k (B,)`` in [0, 8) (``None`` without augmentation),
+    timesteps ``t (B,)`` uniform on [0, T), noise ``eps (B, C, H, W)`` standard normal."""
+    b, gdev = shape[0], gen.device
+    k = torch.randint(0, 8, (b,), generator=gen, device=gdev) if augment else None
+    t = torch.randint(0, n_steps, (b,), generator=gen, device=gdev)
+    eps = torch.randn(shape, generator=gen, dtype=torch.float32, device=gdev)
+    return k, t, eps
+
+
+def denoising_loss(
+    net: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    theta: torch.Tensor,
+    k: torch.Tensor | None,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    kind: str = "mse",
+) -> torch.Tensor:
+    """Mean loss ``|| eps - eps_theta(sqrt(ab_t) g_k x0 + sqrt(1 - ab_t) eps, t, theta) ||^2``
+    of ``x0 (B, 1, H, W)``, ``theta (B, P)`` with given symmetries ``k``, timesteps ``t`` and
+    noise ``eps`` (moved to ``x0``'s device)."""
+    if k is not None:
+        x0 = dihedral(x0, k.to(x0.device))
+    t, eps = t.to(x0.device), eps.to(x0.device)
+    x_t = schedule.q_sample(x0, t, eps)
+    pred = net(x_t, t, theta)
+    if kind == "huber":
+        return F.smooth_l1_loss(pred, eps)
+    return F.mse_loss(pred, eps)
 
 
 def diffusion_loss(
@@ -173,19 +219,10 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Mean epsilon-prediction loss of a batch ``x0 (B, 1, H, W)``, ``theta (B, P)``.
 
-    All random draws come from ``gen`` on its own device and are moved to ``x0``'s."""
-    b, gdev = x0.shape[0], gen.device
-    if augment:
-        k = torch.randint(0, 8, (b,), generator=gen, device=gdev)
-        x0 = dihedral(x0, k.to(x0.device))
-    t = torch.randint(0, schedule.config.n_steps, (b,), generator=gen, device=gdev)
-    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32, device=gdev)
-    t, eps = t.to(x0.device), eps.to(x0.device)
-    x_t = schedule.q_sample(x0, t, eps)
-    pred = net(x_t, t, theta)
-    if kind == "huber":
-        return F.smooth_l1_loss(pred, eps)
-    return F.mse_loss(pred, eps)
+    All random draws come from ``gen`` on its own device (:func:`draw_noise`) and are moved
+    to ``x0``'s."""
+    k, t, eps = draw_noise(gen, tuple(x0.shape), schedule.config.n_steps, augment)
+    return denoising_loss(net, schedule, x0, theta, k, t, eps, kind)
 
 
 def _tensors(ds: Dataset, split: str, limit: int | None = None) -> tuple[torch.Tensor, ...]:
@@ -323,6 +360,7 @@ def train(
     x_train, th_train = x_train.to(fabric.device), th_train.to(fabric.device)
     n_train = len(x_train)
     rank, world = fabric.global_rank, fabric.world_size
+    n_global, n_steps = cfg.batch_size * world, cfg.schedule.n_steps
     log_path = run_dir / "log.csv"
     bar = tqdm(
         total=cfg.max_steps,
@@ -340,12 +378,24 @@ def train(
     stopped_early = False
     net.train()
     while step < cfg.max_steps:
-        gen = step_generator(cfg.seed, step, rank, fabric.device)
-        idx = torch.randint(0, n_train, (cfg.batch_size,), generator=gen, device=gen.device)
-        xb, tb = x_train[idx], th_train[idx]
+        # the global batch (same on every rank), then this rank's contiguous slice
+        gen = step_generator(cfg.seed, step, 0, fabric.device)
+        idx = torch.randint(0, n_train, (n_global,), generator=gen, device=gen.device)
+        k, t, eps = draw_noise(gen, (n_global, *x_train.shape[1:]), n_steps, cfg.augment)
+        mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+        idx = idx[mine]
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, step)
-        loss = diffusion_loss(net, schedule, xb, tb, gen, cfg.loss, cfg.augment)
+        loss = denoising_loss(
+            net,
+            schedule,
+            x_train[idx],
+            th_train[idx],
+            None if k is None else k[mine],
+            t[mine],
+            eps[mine],
+            cfg.loss,
+        )
         if not torch.isfinite(loss):
             raise DiffHMCError(
                 f"training loss became {float(loss)} at step {step}; lower lr "

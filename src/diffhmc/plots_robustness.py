@@ -1,0 +1,73 @@
+"""The robustness figure: predicted vs true parameters with error bars, per noise level and
+parameter, methods side by side (Mudur et al. 2024, robustness figure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["robustness_figure"]
+
+COLORS = {"cnn": "tab:orange", "npe": "tab:green", "dhmc": "tab:blue", "dhmc-noise": "tab:purple"}
+"""One colour per method, the same whichever methods a figure shows."""
+OTHER_COLORS = ("tab:red", "tab:gray", "tab:brown", "tab:pink")
+
+
+def robustness_figure(
+    results: Mapping[tuple[str, float], Mapping[str, np.ndarray]],
+    methods: Sequence[str],
+    levels: Sequence[float],
+    names: Sequence[str],
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """Grid of panels, one row per parameter and one column per noise level.
+
+    ``results[(method, level)]`` holds ``(N, P)`` arrays ``mean``, ``lo68``, ``hi68`` and
+    ``truth``. Each panel plots the posterior mean against the truth with the 68% interval
+    as an error bar; methods are shifted sideways by a small fraction of the parameter's
+    range so that their bars sit side by side; the diagonal is the truth. The x range spans
+    the truths and the posterior means.
+    """
+    labels = labels or {}
+    n_rows, n_cols = len(names), len(levels)
+    fig = Figure(figsize=(3.2 * n_cols + 0.6, 3.1 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for j, name in enumerate(names):
+        vals = np.concatenate(
+            [results[(m, lv)][k][:, j] for m in methods for lv in levels for k in ("truth", "mean")]
+        )
+        lo, hi = float(vals.min()), float(vals.max())
+        span = max(hi - lo, 1e-3)
+        shift = 0.012 * span
+        for c, lv in enumerate(levels):
+            ax = axes[j, c]
+            for k, m in enumerate(methods):
+                r = results[(m, lv)]
+                x = r["truth"][:, j] + (k - (len(methods) - 1) / 2) * shift
+                y = r["mean"][:, j]
+                err = np.stack([y - r["lo68"][:, j], r["hi68"][:, j] - y]).clip(min=0)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    fmt="o",
+                    ms=3,
+                    lw=1,
+                    capsize=1.5,
+                    color=COLORS.get(m, OTHER_COLORS[k % len(OTHER_COLORS)]),
+                    label=labels.get(m, m),
+                )
+            ax.plot([lo - 0.1 * span, hi + 0.1 * span], [lo - 0.1 * span, hi + 0.1 * span], "k:")
+            ax.set_xlim(lo - 0.1 * span, hi + 0.1 * span)
+            ax.set_title(f"{name}, noise {lv:g} dex", fontsize=9)
+            ax.set_xlabel(f"true {name}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"predicted {name} (68%)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.locator_params(nbins=4)
+    handles, labs = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labs, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

@@ -1,0 +1,76 @@
+"""Grid quadrature (exact on Gaussians), its edge-mass flag, and the unit-box surrogate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffhmc.errors import DiffHMCError
+from diffhmc.grid import compare_to_grid, grid_axes, grid_posterior
+from diffhmc.inference import _surrogate_potential, _unit_inits
+from diffhmc.mcmc import NUTSConfig, run_nuts
+from diffhmc.potential import Potential
+from diffhmc.prior import ParamSpace
+from diffhmc.surrogate import QuadraticGPSurrogate
+
+SPACE = ParamSpace.camels()
+MEAN = np.array([0.31, 0.82])
+COV = np.array([[0.01**2, -0.6 * 0.01 * 0.03], [-0.6 * 0.01 * 0.03, 0.03**2]])
+
+
+def gaussian_loglike(theta: torch.Tensor) -> torch.Tensor:
+    d = theta.double() - torch.from_numpy(MEAN)
+    prec = torch.from_numpy(np.linalg.inv(COV))
+    return -0.5 * ((d @ prec) * d).sum(-1)
+
+
+def test_grid_moments_exact_on_gaussian() -> None:
+    axes = grid_axes(SPACE, MEAN + [0.002, -0.004], 6 * np.sqrt(np.diag(COV)), 25)
+    g = grid_posterior(gaussian_loglike, SPACE, axes)
+    np.testing.assert_allclose(g.mean, MEAN, atol=1e-6)
+    np.testing.assert_allclose(g.cov, COV, rtol=1e-4)
+    assert g.edge_mass < 1e-6
+    cmp = compare_to_grid(g, MEAN + np.sqrt(np.diag(COV)), 2 * np.sqrt(np.diag(COV)))
+    for i, n in enumerate(SPACE.names):
+        assert cmp[n]["mean_shift_in_std"] == pytest.approx(1.0, abs=1e-4), i
+        assert cmp[n]["std_ratio"] == pytest.approx(2.0, rel=1e-4)
+
+
+def test_grid_flags_truncation_but_not_the_prior_edge() -> None:
+    narrow = grid_axes(SPACE, MEAN, np.sqrt(np.diag(COV)), 9)  # +-1 std: truncated
+    assert grid_posterior(gaussian_loglike, SPACE, narrow).edge_mass > 0.05
+    # a posterior piled against the box's lower edge: the box edge is not a truncation
+    low = SPACE.low
+
+    def at_edge(theta: torch.Tensor) -> torch.Tensor:
+        return -((theta.double() - torch.from_numpy(low)) / 0.02).sum(-1)
+
+    g = grid_posterior(at_edge, SPACE, grid_axes(SPACE, low, [0.2, 0.2], 41))
+    assert g.edge_mass < 1e-3
+
+
+def test_grid_bad_input() -> None:
+    with pytest.raises(DiffHMCError, match="n >= 3"):
+        grid_axes(SPACE, MEAN, [0.1, 0.1], 2)
+    with pytest.raises(DiffHMCError, match="outside the prior box"):
+        grid_axes(SPACE, [5.0, 5.0], [0.1, 0.1], 5)
+    with pytest.raises(DiffHMCError, match="half-widths"):
+        grid_axes(SPACE, MEAN, [0.1, -1.0], 5)
+
+
+def test_unit_box_surrogate_is_proper_for_a_likelihood_rising_to_the_box_edge() -> None:
+    """log L = 20 u_1 (u = theta in unit-box coordinates) has no maximum inside the box; the
+    posterior is a truncated exponential: E[u_1] = 1/(1 - e^-20) - 1/20, u_2 uniform."""
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0.02, 0.98, size=(40, 2))
+    sur = QuadraticGPSurrogate(u, 20.0 * u[:, 0])
+    pot = Potential(lambda th: th.sum(-1) * 0, SPACE)
+    cfg = NUTSConfig(n_chains=2, n_warmup=300, n_samples=600, seed=1)
+    res = run_nuts(_surrogate_potential(sur, pot), _unit_inits(sur, 2, 0), cfg)
+    draws = torch.sigmoid(torch.from_numpy(res.z.reshape(-1, 2))).numpy()
+    assert np.isfinite(draws).all()
+    expect = 1 / (1 - np.exp(-20.0)) - 1 / 20
+    assert abs(draws[:, 0].mean() - expect) < 0.01
+    assert abs(draws[:, 1].mean() - 0.5) < 0.06
+    assert abs(draws[:, 1].std() - np.sqrt(1 / 12)) < 0.04
