@@ -47,6 +47,33 @@ def test_nuts_recovers_a_correlated_gaussian() -> None:
     np.testing.assert_array_equal(res.z, again.z)  # seeded
 
 
+def test_plain_hmc_with_fixed_steps_recovers_a_gaussian() -> None:
+    """The paper's sampler (fixed step, fixed path, no adaptation) on N(0, diag(1, 0.04))."""
+    scale = torch.tensor([1.0, 0.2], dtype=torch.float64)
+
+    def u(z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((z / scale) ** 2).sum()
+
+    cfg = NUTSConfig(
+        n_chains=2,
+        n_warmup=50,
+        n_samples=1500,
+        seed=1,
+        algorithm="hmc",
+        hmc_step_size=0.15,
+        hmc_num_steps=10,
+    )
+    res = run_nuts(u, torch.zeros(2, 2, dtype=torch.float64), cfg)
+    draws = res.z.reshape(-1, 2)
+    assert np.all(np.abs(draws.mean(0)) < 4 * scale.numpy() / np.sqrt(300))
+    np.testing.assert_allclose(draws.std(0), scale.numpy(), rtol=0.15)
+    assert res.n_potential_evals > 2 * 1550 * 10  # every transition: 10 leapfrog gradients
+    with pytest.raises(DiffHMCError, match="algorithm"):
+        NUTSConfig(algorithm="mala")
+    with pytest.raises(DiffHMCError, match="hmc_step_size"):
+        NUTSConfig(hmc_step_size=0.0)
+
+
 def test_nuts_rejects_bad_start() -> None:
     with pytest.raises(DiffHMCError, match="inits must have shape"):
         run_nuts(lambda z: (z**2).sum(), torch.zeros(3, 2), FAST_NUTS)
@@ -109,8 +136,9 @@ def _oracle_model(
 @pytest.mark.slow
 def test_diffusion_hmc_matches_the_exact_posterior_with_the_oracle() -> None:
     """With the exact eps-predictor the full bound's gap to log p barely depends on theta,
-    so Diffusion-HMC (full-bound estimate, NUTS on the bound itself) must reproduce the
-    closed-form posterior of a 16^2 Gaussian field."""
+    so Diffusion-HMC (full-bound estimate, the default accelerated path: surrogate NUTS
+    checked against the bound) must reproduce the closed-form posterior of a 16^2 Gaussian
+    field; the grid cross-check must agree too."""
     model, family = _oracle_model(n_pix=16)
     truth = np.array([0.3, 0.8])
     x = family.sample(torch.tensor(truth), 1, generator=torch.Generator().manual_seed(5))[0]
@@ -118,7 +146,7 @@ def test_diffusion_hmc_matches_the_exact_posterior_with_the_oracle() -> None:
     torch.testing.assert_close(
         prepare_map(density, model)[0].double(), x.double(), atol=1e-5, rtol=0
     )
-    cfg = InferenceConfig(method="exact", full_bound=64, n_draws=4, nuts=FAST_NUTS, max_batch=4096)
+    cfg = InferenceConfig(full_bound=64, n_draws=4, nuts=FAST_NUTS, max_batch=4096, grid_check=15)
     post = infer_map(model, density, cfg, truth=truth)
     mean, cov = family.posterior_moments(x.double())
     std = cov.diagonal().sqrt()
@@ -128,6 +156,9 @@ def test_diffusion_hmc_matches_the_exact_posterior_with_the_oracle() -> None:
         ratio = p["std"] / float(std[i])
         assert abs(shift) < 0.5, (name, shift)
         assert 0.8 < ratio < 1.25, (name, ratio)
+        g = post.summary["grid_check"]
+        assert abs((g["mean"][name] - float(mean[i])) / float(std[i])) < 0.5
+        assert 0.8 < g["std"][name] / float(std[i]) < 1.25
 
 
 def test_prepare_map_errors() -> None:

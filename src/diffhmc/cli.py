@@ -441,6 +441,14 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
     g.add_argument("--mcmc-seed", type=int, default=0, help="seed of the chains")
     g.add_argument(
+        "--sampler",
+        choices=("nuts", "hmc"),
+        default="nuts",
+        help="nuts (adaptive) or hmc: the paper's plain HMC, fixed step and path, no adaptation",
+    )
+    g.add_argument("--hmc-step", type=float, default=5e-4, help="plain HMC step size (in z)")
+    g.add_argument("--hmc-leapfrog", type=int, default=5, help="plain HMC leapfrog steps")
+    g.add_argument(
         "--grid",
         type=int,
         default=0,
@@ -535,6 +543,9 @@ def _inference_config(args: argparse.Namespace) -> Any:
             n_warmup=args.warmup,
             n_samples=args.samples,
             seed=args.mcmc_seed,
+            algorithm=args.sampler,
+            hmc_step_size=args.hmc_step,
+            hmc_num_steps=args.hmc_leapfrog,
         ),
     )
 

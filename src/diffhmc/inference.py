@@ -478,8 +478,7 @@ def _grid_check(
     bad = [
         k
         for k, c in cmp.items()
-        if abs(c["mean_shift_in_std"]) > GRID_MAX_SHIFT
-        or not lo <= c["std_ratio"] <= hi
+        if abs(c["mean_shift_in_std"]) > GRID_MAX_SHIFT or not lo <= c["std_ratio"] <= hi
     ]
     if grid.edge_mass > 0.01:
         bad.append(f"grid edge mass {grid.edge_mass:.3f}")

@@ -34,8 +34,24 @@ class NUTSConfig:
     max_tree_depth: int = 8
     full_mass: bool = True
     seed: int = 0
+    algorithm: str = "nuts"
+    """``"nuts"`` (adaptive) or ``"hmc"``: plain HMC with a fixed step and path length and
+    no adaptation, as in the paper (step 5e-4, 5 leapfrog steps; here the step is in the
+    unconstrained ``z``), for comparison."""
+    hmc_step_size: float = 5e-4
+    hmc_num_steps: int = 5
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ("nuts", "hmc"):
+            raise DiffHMCError(f"algorithm must be 'nuts' or 'hmc', got {self.algorithm!r}")
+        if not (isinstance(self.hmc_step_size, (int, float)) and self.hmc_step_size > 0):
+            raise DiffHMCError(f"hmc_step_size must be > 0, got {self.hmc_step_size!r}")
+        if (
+            isinstance(self.hmc_num_steps, bool)
+            or not isinstance(self.hmc_num_steps, int)
+            or (self.hmc_num_steps < 1)
+        ):
+            raise DiffHMCError(f"hmc_num_steps must be an integer >= 1, got {self.hmc_num_steps!r}")
         for name in ("n_chains", "n_warmup", "n_samples", "max_tree_depth", "seed"):
             v = getattr(self, name)
             if (
@@ -75,14 +91,14 @@ def run_nuts(
     cfg: NUTSConfig,
     progress: bool = False,
 ) -> ChainResult:
-    """Run ``cfg.n_chains`` NUTS chains on ``potential`` from ``inits (C, P)``.
+    """Run ``cfg.n_chains`` NUTS (or plain HMC) chains on ``potential`` from ``inits (C, P)``.
 
     ``potential(z (P,)) -> ()`` must be differentiable. Chain ``c`` uses the seed
     ``cfg.seed + c``. Raises :class:`DiffHMCError` on a bad start (wrong shape, non-finite
     potential at a start point).
     """
     import pyro
-    from pyro.infer.mcmc import MCMC, NUTS
+    from pyro.infer.mcmc import HMC, MCMC, NUTS
 
     inits = torch.as_tensor(inits, dtype=torch.float64)
     if inits.ndim != 2 or inits.shape[0] != cfg.n_chains:
@@ -108,14 +124,24 @@ def run_nuts(
                 f"chain {c}: the potential is {float(u0)} at its start {z0.tolist()}"
             )
         pyro.set_rng_seed(cfg.seed + c)
-        kernel = NUTS(
-            potential_fn=potential_fn,
-            target_accept_prob=cfg.target_accept,
-            max_tree_depth=cfg.max_tree_depth,
-            full_mass=cfg.full_mass,
-            adapt_step_size=True,
-            adapt_mass_matrix=True,
-        )
+        kernel: HMC
+        if cfg.algorithm == "hmc":
+            kernel = HMC(
+                potential_fn=potential_fn,
+                step_size=cfg.hmc_step_size,
+                num_steps=cfg.hmc_num_steps,
+                adapt_step_size=False,
+                adapt_mass_matrix=False,
+            )
+        else:
+            kernel = NUTS(
+                potential_fn=potential_fn,
+                target_accept_prob=cfg.target_accept,
+                max_tree_depth=cfg.max_tree_depth,
+                full_mass=cfg.full_mass,
+                adapt_step_size=True,
+                adapt_mass_matrix=True,
+            )
         mcmc = MCMC(
             kernel,
             num_samples=cfg.n_samples,
