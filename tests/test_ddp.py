@@ -119,7 +119,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     names = list(a["model"])[: len(moments_b)]  # parameters first, then buffers
     n_null = 0
     for name, ma, mb in zip(names, moments_a, moments_b, strict=True):
-        torch.testing.assert_close(ma["exp_avg"], mb["exp_avg"], rtol=1e-4, atol=1e-10)
+        # elements near zero differ by float32 summation order: tolerance from the scale
+        scale = float(mb["exp_avg"].abs().max())
+        torch.testing.assert_close(
+            ma["exp_avg"], mb["exp_avg"], rtol=1e-4, atol=1e-4 * scale + 1e-10
+        )
         null = float(mb["exp_avg"].abs().max()) < NULL_GRAD
         n_null += null
         tol = ddp_cfg.lr * STEPS if null else ATOL
