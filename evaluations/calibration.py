@@ -13,6 +13,13 @@ then reports:
 
     python evaluations/calibration.py --n 60 --timesteps 10          # resumable
     python evaluations/calibration.py --report-only                    # figures + JSON
+
+On a GPU machine, with the maps carried as an .npz (``scripts/gpu/export_test_maps.py``,
+the same seeded picks) and several shard processes sharing the GPU::
+
+    python evaluations/calibration.py --maps-npz .transport/test64.npz --device cuda \
+        --timesteps 20 --draws 4 --shard 0 --n-shards 8 --out OUT &   # ... shards 1-7
+    python evaluations/calibration.py --maps-npz .transport/test64.npz --report-only --out OUT
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,22 +58,45 @@ def pick_maps(ds, n: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
+Pick = tuple[int, int, np.ndarray, np.ndarray]
+
+
+def load_maps(args: argparse.Namespace) -> tuple[list[Pick], Any]:
+    """``[(row, sim, map, truth)]`` for the first ``args.n`` picks, and the prior box
+    (``.low``, ``.high``): from ``--maps-npz`` when given, else from ``--dataset``."""
+    if args.maps_npz is not None:
+        z = np.load(args.maps_npz)
+        if int(z["seed"]) != args.seed or len(z["rows"]) < args.n:
+            raise SystemExit(f"{args.maps_npz} holds {len(z['rows'])} maps of seed {z['seed']}")
+        picks = [
+            (int(z["rows"][i]), int(z["sims"][i]), z["maps"][i], z["params"][i])
+            for i in range(args.n)
+        ]
+        return picks, SimpleNamespace(low=z["low"], high=z["high"])
+    ds = load_dataset(args.dataset)
+    picks = [
+        (r, s, np.asarray(ds.maps[r]), ds.params[r]) for r, s in pick_maps(ds, args.n, args.seed)
+    ]
+    return picks, ds.space
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    ds = load_dataset(args.dataset)
+    model = load_model(args.model, device=args.device)
     cfg = InferenceConfig(
         n_timesteps=args.timesteps,
+        n_draws=args.draws,
+        full_bound=args.full_bound,
+        max_batch=args.max_batch,
         nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
     )
     out = args.out / "maps"
     out.mkdir(parents=True, exist_ok=True)
-    picks = pick_maps(ds, args.n, args.seed)[args.shard :: args.n_shards]
-    todo = [(r, s) for r, s in picks if not (out / f"map_{s:04d}.json").exists()]
-    for row, sim in tqdm(todo, desc="posteriors", unit="map"):
+    picks = load_maps(args)[0][args.shard :: args.n_shards]
+    todo = [p for p in picks if not (out / f"map_{p[1]:04d}.json").exists()]
+    for row, sim, density, truth in tqdm(todo, desc="posteriors", unit="map"):
         t0 = time.perf_counter()
-        truth = ds.params[row]
-        post = infer_map(model, np.asarray(ds.maps[row]), cfg, truth=truth)
+        post = infer_map(model, np.asarray(density, dtype=np.float64), cfg, truth=truth)
         draws = post.theta.reshape(-1, post.theta.shape[-1])
         thin = draws[:: max(1, len(draws) // 400)]
         rec = {
@@ -84,8 +116,8 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit("no finished maps")
     names = list(recs[0]["summary"]["parameters"])
     rng = np.random.default_rng(args.seed + 1)
-    ds = load_dataset(args.dataset)
-    low, high = ds.space.low, ds.space.high
+    space = load_maps(args)[1]
+    low, high = space.low, space.high
     res: dict = {"n_maps": len(recs), "parameters": {}, "machine": machine_info()}
     ranks = {n: [] for n in names}
     f_tarp = []
@@ -141,7 +173,7 @@ def report(args: argparse.Namespace) -> None:
             fmt=".",
             alpha=0.7,
         )
-        lim = [ds.space.low[k], ds.space.high[k]]
+        lim = [low[k], high[k]]
         ax[k + 1].plot(lim, lim, "k:")
         c = res["parameters"][n]
         ax[k + 1].set_title(
@@ -176,6 +208,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--draws", type=int, default=1, help="noise draws per timestep (M)")
+    ap.add_argument("--full-bound", type=int, default=0, help="importance-sampled timesteps")
+    ap.add_argument("--max-batch", type=int, default=64, help="network rows per call")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--maps-npz", type=Path, default=None, help="maps carried as an .npz")
     ap.add_argument("--shard", type=int, default=0, help="run maps shard::n_shards only")
     ap.add_argument("--n-shards", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")

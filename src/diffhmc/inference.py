@@ -42,8 +42,8 @@ import torch
 from diffhmc.diagnostics import inference_data, psis, summarize_draws, weighted_summary
 from diffhmc.errors import DiffHMCError
 from diffhmc.grid import GridPosterior, compare_to_grid, grid_axes, grid_posterior
-from diffhmc.likelihood import BoundLikelihood, importance_timesteps
-from diffhmc.mcmc import NUTSConfig, run_nuts
+from diffhmc.likelihood import BoundLikelihood, StackedBound, importance_timesteps
+from diffhmc.mcmc import ChainResult, NUTSConfig, run_nuts, run_nuts_vectorized
 from diffhmc.noise import normalized_noise_std
 from diffhmc.noisy_likelihood import NoisyBoundLikelihood
 from diffhmc.potential import BoxTransform, Potential
@@ -52,7 +52,14 @@ from diffhmc.surrogate import QuadraticGPSurrogate
 if TYPE_CHECKING:
     from diffhmc.checkpoint import LoadedModel
 
-__all__ = ["InferenceConfig", "Posterior", "prepare_map", "MapLikelihood", "infer_map"]
+__all__ = [
+    "InferenceConfig",
+    "Posterior",
+    "prepare_map",
+    "MapLikelihood",
+    "infer_map",
+    "infer_maps_joint",
+]
 
 METHODS = ("surrogate", "exact")
 
@@ -166,7 +173,13 @@ class MapLikelihood:
     gradients, chunked by ``max_batch`` rows.
     """
 
-    def __init__(self, model: LoadedModel, x0: torch.Tensor, cfg: InferenceConfig) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        x0: torch.Tensor,
+        cfg: InferenceConfig,
+        eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.model, self.cfg = model, cfg
         self.space = model.space
         dev = next(model.net.parameters()).device
@@ -176,16 +189,18 @@ class MapLikelihood:
         )
         self.rows = 0
 
-        def eps_model(x_t: torch.Tensor, t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        def network_eps(x_t: torch.Tensor, t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
             self.rows += x_t.shape[0]
             return model.net(x_t, t, (theta.float() - self.low) / self.width)
 
+        # another map's network wrapper (rows counted there): the bounds can then be stacked
+        self.eps_model = network_eps if eps_model is None else eps_model
         timesteps: list[int] = cfg.timestep_list()
         weights = None
         self.bound: BoundLikelihood | NoisyBoundLikelihood
         if cfg.noise_std > 0:  # known noise: the bound starts at the matched noise level
             self.bound = NoisyBoundLikelihood.from_offsets(
-                eps_model,
+                self.eps_model,
                 model.schedule,
                 x0.to(dev),
                 normalized_noise_std(cfg.noise_std, model.normalization),
@@ -201,7 +216,7 @@ class MapLikelihood:
             gen = torch.Generator().manual_seed(cfg.noise_seed + 1)
             timesteps, weights = importance_timesteps(model.schedule, cfg.full_bound, gen)
         self.bound = BoundLikelihood(
-            eps_model,
+            self.eps_model,
             model.schedule,
             x0.to(dev),
             timesteps=timesteps,
@@ -416,38 +431,157 @@ def infer_map(
         sur = QuadraticGPSurrogate(z_design.numpy(), y_design.numpy())
         inits = _dispersed_inits(sur.mode, sur.chol_cov, cfg.nuts.n_chains, cfg.nuts.seed)
         t1 = time.perf_counter()
-        res = run_nuts(lambda z: potential(z.unsqueeze(0))[0], inits, cfg.nuts, progress)
+        res = _sample(potential, inits, cfg.nuts, progress)
         timings["nuts_s"] = time.perf_counter() - t1
-        theta = tr.inverse(torch.from_numpy(res.z.reshape(-1, res.z.shape[-1]))).numpy()
-        theta = theta.reshape(res.z.shape)
-        summary = summarize_draws(theta, names, res.diverging, truth_arr)
-        summary["nuts"] = _nuts_stats(res)
-        post = Posterior(theta=theta, summary=summary, idata=None, diverging=res.diverging)
-        post.design_theta = tr.inverse(z_design).numpy()
-        post.design_loglik = y_design.numpy()
+        post = _chain_posterior(res.z, res, tr, names, truth_arr, z_design, y_design)
     else:
         post = _surrogate_posterior(
             like, potential, z_design, y_design, cfg, names, truth_arr, progress, say, timings
         )
+    rows = like.rows + (cheap.rows if cheap is not like else 0)
+    return _finish(post, like, cfg, names, truth_arr, timings, t0, rows_locate, rows, say)
+
+
+def _sample(
+    potential: Potential, inits: torch.Tensor, nuts: NUTSConfig, progress: bool
+) -> ChainResult:
+    """NUTS on the exact potential: chains in lockstep sharing each network call when
+    ``nuts.vectorize``, else one after another."""
+    if nuts.vectorize:
+        return run_nuts_vectorized(potential, inits, nuts, progress)
+    return run_nuts(lambda z: potential(z.unsqueeze(0))[0], inits, nuts, progress)
+
+
+def _chain_posterior(
+    z: np.ndarray,
+    res: ChainResult,
+    tr: BoxTransform,
+    names: list[str],
+    truth: np.ndarray | None,
+    z_design: torch.Tensor,
+    y_design: torch.Tensor,
+) -> Posterior:
+    """The posterior of exact-bound chains ``z (C, S, P)`` (``res`` for their statistics)."""
+    theta = tr.inverse(torch.from_numpy(z.reshape(-1, z.shape[-1]))).numpy().reshape(z.shape)
+    summary = summarize_draws(theta, names, res.diverging[: z.shape[0]], truth)
+    summary["nuts"] = _nuts_stats(res)
+    post = Posterior(
+        theta=theta, summary=summary, idata=None, diverging=res.diverging[: z.shape[0]]
+    )
+    post.design_theta = tr.inverse(z_design).numpy()
+    post.design_loglik = y_design.numpy()
+    return post
+
+
+def _finish(
+    post: Posterior,
+    like: MapLikelihood,
+    cfg: InferenceConfig,
+    names: list[str],
+    truth: np.ndarray | None,
+    timings: dict[str, float],
+    t0: float,
+    rows_locate: int,
+    rows: int,
+    say: Callable[[str], None],
+) -> Posterior:
+    """Grid check (``cfg.grid_check``), timings, settings, row counts and InferenceData."""
     if cfg.grid_check:
         t3 = time.perf_counter()
         post.grid = _grid_check(like, post.summary, names, cfg.grid_check, say)
         timings["grid_s"] = time.perf_counter() - t3
     post.timings = {**timings, **post.timings, "total_s": time.perf_counter() - t0}
     post.summary["settings"] = cfg.to_dict()
-    post.summary["network_rows"] = {
-        "locate": rows_locate,
-        "total": like.rows + (cheap.rows if cheap is not like else 0),
-    }
+    post.summary["network_rows"] = {"locate": rows_locate, "total": rows}
     post.summary["timings"] = post.timings
     post.idata = inference_data(
         post.theta,
         names,
         sample_stats={"diverging": post.diverging} if post.diverging is not None else None,
         attrs={"method": cfg.method, "note": "NUTS draws; the summary JSON has the posterior"},
-        truth=truth_arr,
+        truth=truth,
     )
     return post
+
+
+def infer_maps_joint(
+    model: LoadedModel,
+    densities: Sequence[np.ndarray],
+    cfg: InferenceConfig,
+    truths: Sequence[Sequence[float] | None] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[Posterior]:
+    r"""Exact-bound posteriors of ``N`` maps from ONE vectorised NUTS run.
+
+    Each map is located as in :func:`infer_map`; then the ``N C`` chains (``C =
+    cfg.nuts.n_chains`` per map) run in lockstep on the product of the ``N`` posteriors
+    (:func:`diffhmc.mcmc.run_nuts_vectorized`), every leapfrog step one batched evaluation
+    of all ``N C`` bounds (:class:`diffhmc.likelihood.StackedBound`, ``N C K M`` network
+    rows). This keeps a GPU busy; on a CPU it is no faster than ``N`` separate runs. The
+    shared step size is set by the hardest of the ``N`` posteriors. Requires
+    ``cfg.method == "exact"`` and ``cfg.noise_std == 0``. Timings in each result are the
+    joint run's divided by ``N``.
+    """
+    if cfg.method != "exact" or cfg.noise_std > 0:
+        raise DiffHMCError("infer_maps_joint needs method='exact' and noise_std = 0")
+    n = len(densities)
+    if n < 1:
+        raise DiffHMCError("infer_maps_joint needs at least one map")
+    truths_list = list(truths) if truths is not None else [None] * n
+    if len(truths_list) != n:
+        raise DiffHMCError(f"got {n} maps but {len(truths_list)} truths")
+    say = log or (lambda _m: None)
+    names = list(model.space.names)
+    t0 = time.perf_counter()
+    likes: list[MapLikelihood] = []
+    designs, inits = [], []
+    for i, density in enumerate(densities):
+        x0 = prepare_map(density, model)
+        like = MapLikelihood(model, x0, cfg, eps_model=likes[0].eps_model if likes else None)
+        cheap = like
+        if cfg.full_bound or cfg.locate_timesteps < len(cfg.timestep_list()):
+            quick = replace(cfg, timesteps=tuple(range(cfg.locate_timesteps)), full_bound=0)
+            cheap = MapLikelihood(model, x0, quick, eps_model=like.eps_model)
+        tr = Potential(like, model.space).transform
+        z_design, y_design = _locate(like, cheap, tr, cfg, say)
+        sur = QuadraticGPSurrogate(z_design.numpy(), y_design.numpy())
+        inits.append(_dispersed_inits(sur.mode, sur.chol_cov, cfg.nuts.n_chains, cfg.nuts.seed + i))
+        likes.append(like)
+        designs.append((z_design, y_design))
+        say(f"map {i + 1}/{n} located")
+    t_locate = time.perf_counter() - t0
+    rows_locate = likes[0].rows
+    bounds = [like.bound for like in likes]
+    if not all(isinstance(b, BoundLikelihood) for b in bounds):  # guarded by noise_std == 0
+        raise DiffHMCError("infer_maps_joint stacks plain bounds only")
+    stacked = StackedBound([b for b in bounds if isinstance(b, BoundLikelihood)])
+    dev = likes[0].low.device
+    index = torch.arange(n, device=dev).repeat_interleave(cfg.nuts.n_chains)
+
+    def joint_log_likelihood(theta: torch.Tensor) -> torch.Tensor:
+        return stacked(theta.to(dev, torch.float32), index).to(theta.dtype).cpu()
+
+    potential = Potential(joint_log_likelihood, model.space)
+    t1 = time.perf_counter()
+    res = run_nuts_vectorized(potential, torch.cat(inits), cfg.nuts, progress)
+    t_nuts = time.perf_counter() - t1
+    rows_total = likes[0].rows
+    out = []
+    c = cfg.nuts.n_chains
+    for i in range(n):
+        truth = None if truths_list[i] is None else np.asarray(truths_list[i], dtype=np.float64)
+        z_design, y_design = designs[i]
+        tr = potential.transform
+        post = _chain_posterior(
+            res.z[i * c : (i + 1) * c], res, tr, names, truth, z_design, y_design
+        )
+        post.summary["nuts"]["joint_maps"] = n
+        timings = {"locate_s": t_locate / n, "nuts_s": t_nuts / n}
+        start = time.perf_counter() - (t_locate + t_nuts) / n
+        rows = (rows_locate // n, rows_total // n)
+        out.append(_finish(post, likes[i], cfg, names, truth, timings, start, *rows, say))
+    return out
 
 
 GRID_MAX_SHIFT = 0.3

@@ -31,7 +31,7 @@ field family, so the bound can be compared with the exact ``log p(x_0 | theta)``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # type hints only: no runtime dependency on the Gaussian fami
 __all__ = [
     "EpsModel",
     "BoundLikelihood",
+    "StackedBound",
+    "check_theta",
+    "chunked_eps",
     "importance_timesteps",
     "proxy_expected_terms",
     "oracle_gaussian_eps",
@@ -54,6 +57,37 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x_t (N, 1, H, W), t (N,) long, theta (N, P)) -> eps (N, 1, H, W)``."""
 
 DEFAULT_K = 20
+
+
+def check_theta(theta: torch.Tensor) -> int:
+    """Validate ``theta`` of shape ``(B, P)``, ``B >= 1``; return ``B``."""
+    if not isinstance(theta, torch.Tensor) or theta.ndim != 2 or theta.shape[0] < 1:
+        got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        raise DiffHMCError(f"theta must be a tensor of shape (B, P), got {got}")
+    return int(theta.shape[0])
+
+
+def chunked_eps(
+    eps_model: EpsModel,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    theta_rows: torch.Tensor,
+    max_batch: int | None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, eps_model(x_t[rows], t[rows], theta_rows[rows]))`` in chunks of ``max_batch``.
+
+    ``x_t (N, 1, H, W)``, ``t (N,)``, ``theta_rows (N, P)``; ``max_batch=None``: one call.
+    Raises :class:`DiffHMCError` when the model returns another shape than ``x_t``'s.
+    """
+    step = x_t.shape[0] if max_batch is None else max_batch
+    for s in range(0, x_t.shape[0], step):
+        sl = slice(s, s + step)
+        pred = eps_model(x_t[sl], t[sl], theta_rows[sl])
+        if pred.shape != x_t[sl].shape:
+            raise DiffHMCError(
+                f"eps_model returned shape {tuple(pred.shape)}, expected {tuple(x_t[sl].shape)}"
+            )
+        yield sl, pred
 
 
 class BoundLikelihood:
@@ -147,29 +181,90 @@ class BoundLikelihood:
 
         ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
         """
-        if not isinstance(theta, torch.Tensor) or theta.ndim != 2 or theta.shape[0] < 1:
-            got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
-            raise DiffHMCError(f"theta must be a tensor of shape (B, P), got {got}")
-        b, r = theta.shape[0], self.n_rows
+        b, r = check_theta(theta), self.n_rows
         x_t = self.x_t.repeat(b, 1, 1, 1)  # row b * r + i
         t = self._t.repeat(b)
         eps = self.eps.reshape(r, *self.x0.shape).repeat(b, 1, 1, 1)
         th = theta.repeat_interleave(r, dim=0)  # (B M K, P)
-        step = x_t.shape[0] if self.max_batch is None else self.max_batch
-        out = []
-        for s in range(0, x_t.shape[0], step):
-            sl = slice(s, s + step)
-            pred = self.eps_model(x_t[sl], t[sl], th[sl])
-            if pred.shape != x_t[sl].shape:
-                raise DiffHMCError(
-                    f"eps_model returned shape {tuple(pred.shape)}, expected {tuple(x_t[sl].shape)}"
-                )
-            out.append(vlb_terms(pred, eps[sl].to(pred.dtype), t[sl], self.schedule))
+        out = [
+            vlb_terms(pred, eps[sl].to(pred.dtype), t[sl], self.schedule)
+            for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch)
+        ]
         return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
 
     def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
         """``-(1/M) sum_m sum_k w_k L_{t_k}``: ``theta (B, P) -> (B,)``, differentiable."""
         terms = self.terms(theta)
+        return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
+
+    __call__ = log_likelihood
+
+
+class StackedBound:
+    r"""Several maps' bounds evaluated in shared network calls.
+
+    ``bounds``: :class:`BoundLikelihood` objects of the same ``eps_model``, schedule,
+    timesteps, draws and weights, one per map (each with its own noise seed). Then::
+
+        log_likelihood(theta (B, P), index (B,)) -> (B,),
+        row b = bounds[index[b]].log_likelihood(theta[b]),
+
+    with all ``B M K`` network rows in chunks of ``max_batch`` (the first bound's), so
+    several chains of several maps share each call.
+    """
+
+    def __init__(self, bounds: Sequence[BoundLikelihood]) -> None:
+        bounds = list(bounds)
+        if not bounds or not all(isinstance(b, BoundLikelihood) for b in bounds):
+            raise DiffHMCError("StackedBound needs one or more BoundLikelihood objects")
+        first = bounds[0]
+        for i, b in enumerate(bounds[1:], start=1):
+            same = (
+                b.eps_model is first.eps_model
+                and b.schedule is first.schedule
+                and b.timesteps == first.timesteps
+                and b.n_draws == first.n_draws
+                and b.x0.shape == first.x0.shape
+                and bool(torch.equal(b.weights, first.weights))
+            )
+            if not same:
+                raise DiffHMCError(
+                    f"bound {i} differs from bound 0 in its model, schedule, timesteps, draws, "
+                    "weights or map size: only bounds of the same settings can be stacked"
+                )
+        self.bounds = bounds
+        self.eps_model, self.schedule = first.eps_model, first.schedule
+        self.max_batch, self.weights = first.max_batch, first.weights
+        self.n_draws, self.timesteps = first.n_draws, first.timesteps
+        self.x_t = torch.stack([b.x_t for b in bounds])  # (N, M K, 1, H, W)
+        self.eps = torch.stack([b.eps.reshape(b.x_t.shape) for b in bounds])
+        self._t = first._t
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def terms(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Per-draw terms ``(B, M, K)`` of map ``index[b]`` at ``theta[b]``."""
+        b = check_theta(theta)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.x_t.device)
+        if index.shape != (b,) or bool((index < 0).any()) or bool((index >= len(self)).any()):
+            raise DiffHMCError(
+                f"index must hold {b} map indices in [0, {len(self)}), got {index.tolist()}"
+            )
+        r = self._t.shape[0]
+        x_t = self.x_t[index].flatten(0, 1)  # (B M K, 1, H, W)
+        eps = self.eps[index].flatten(0, 1)
+        t = self._t.repeat(b)
+        th = theta.repeat_interleave(r, dim=0)
+        out = [
+            vlb_terms(pred, eps[sl].to(pred.dtype), t[sl], self.schedule)
+            for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch)
+        ]
+        return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
+
+    def log_likelihood(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``log L`` of map ``index[b]`` at ``theta[b]``: ``(B,)``, differentiable."""
+        terms = self.terms(theta, index)
         return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
 
     __call__ = log_likelihood

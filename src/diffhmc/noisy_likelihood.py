@@ -101,7 +101,13 @@ from dataclasses import dataclass
 import torch
 
 from diffhmc.errors import DiffHMCError
-from diffhmc.likelihood import DEFAULT_K, EpsModel, importance_timesteps
+from diffhmc.likelihood import (
+    DEFAULT_K,
+    EpsModel,
+    check_theta,
+    chunked_eps,
+    importance_timesteps,
+)
 from diffhmc.schedule import NoiseSchedule
 
 __all__ = ["NoiseMatch", "match_noise_level", "NoisyBoundLikelihood"]
@@ -361,24 +367,14 @@ class NoisyBoundLikelihood:
 
         ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
         """
-        if not isinstance(theta, torch.Tensor) or theta.ndim != 2 or theta.shape[0] < 1:
-            got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
-            raise DiffHMCError(f"theta must be a tensor of shape (B, P), got {got}")
-        b, r = theta.shape[0], self.n_rows
+        b, r = check_theta(theta), self.n_rows
         x_t = self.x_t.repeat(b, 1, 1, 1)  # row b * r + i
         t = self._t.repeat(b)
         slot = self._k.repeat(b)
         eps = self.eps.reshape(r, *self.y.shape).repeat(b, 1, 1, 1)
         th = theta.repeat_interleave(r, dim=0)  # (B M K, P)
-        step = x_t.shape[0] if self.max_batch is None else self.max_batch
         out = []
-        for s in range(0, x_t.shape[0], step):
-            sl = slice(s, s + step)
-            pred = self.eps_model(x_t[sl], t[sl], th[sl])
-            if pred.shape != x_t[sl].shape:
-                raise DiffHMCError(
-                    f"eps_model returned shape {tuple(pred.shape)}, expected {tuple(x_t[sl].shape)}"
-                )
+        for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch):
             k = slot[sl]
             target = self._r[k].reshape(-1, 1, 1, 1) * eps[sl].double()
             sq = (pred.double() - target).pow(2).flatten(1).sum(dim=1)

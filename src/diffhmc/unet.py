@@ -192,10 +192,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q, k, v = self.to_qkv(self.norm(x)).reshape(b, 3, self.heads, -1, h * w).unbind(1)
-        sim = torch.einsum("bhdi,bhdj->bhij", q * self.scale, k)
-        attn = sim.softmax(dim=-1)
-        out = torch.einsum("bhij,bhdj->bhdi", attn, v).reshape(b, -1, h, w)
-        return x + self.to_out(out)
+        # softmax(q^T k / sqrt(d)) v by the fused kernel (flash / memory-efficient on a GPU:
+        # the (HW)^2 attention matrix is never stored, which 256^2 maps need)
+        out = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), scale=self.scale
+        )
+        return x + self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
 class Downsample(nn.Module):
