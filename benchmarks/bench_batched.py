@@ -133,8 +133,14 @@ def _brief(post: Any) -> dict[str, Any]:
 
 
 def posteriors(
-    model: Any, density: np.ndarray, truth: np.ndarray, args: argparse.Namespace, m256: Any
+    model: Any,
+    density: np.ndarray,
+    truth: np.ndarray,
+    args: argparse.Namespace,
+    m256: Any,
+    save: Any,
 ) -> dict[str, Any]:
+    """The posterior part; ``save(res)`` after each posterior (a run cut short keeps them)."""
     res: dict[str, Any] = {"truth": truth.tolist()}
     nuts = NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=0)
     acc_cfg = InferenceConfig(
@@ -144,6 +150,7 @@ def posteriors(
     acc = infer_map(model, density, acc_cfg, truth=truth)
     res["accelerated"] = {**_brief(acc), "wall_s": time.perf_counter() - t0}
     print("accelerated:", res["accelerated"], flush=True)
+    save(res)
     long = NUTSConfig(
         n_warmup=args.long_warmup, n_samples=args.long_samples, seed=1, vectorize=True
     )
@@ -164,6 +171,7 @@ def posteriors(
         k: acc.summary["parameters"][k]["std"] / v["std"]
         for k, v in ex.summary["parameters"].items()
     }
+    save(res)
     if m256 is not None:
         big = np.kron(density, np.ones((4, 4)))
         t0 = time.perf_counter()
@@ -194,6 +202,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes-256", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--max-batch-256", type=int, default=64, help="rows per forward call")
     ap.add_argument("--posterior", action="store_true")
+    ap.add_argument("--skip-grad", action="store_true", help="posterior part only")
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--long-warmup", type=int, default=500)
@@ -217,18 +226,22 @@ def main() -> None:
     )
     if args.device.startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name()
-    res["grad_64"] = grad_rates(model, density, args)
-    save_json(args.out, res)
-    m256 = None
-    if args.r256:
-        m256 = model_256(args)
+    if not args.skip_grad:
+        res["grad_64"] = grad_rates(model, density, args)
+        save_json(args.out, res)
+    m256 = model_256(args) if args.r256 else None
+    if m256 is not None and not args.skip_grad:
         sizes = args.batch_sizes
         args.batch_sizes = args.batch_sizes_256
         res["grad_256"] = grad_rates(m256, np.kron(density, np.ones((4, 4))), args)
         args.batch_sizes = sizes
         save_json(args.out, res)
     if args.posterior:
-        res["posterior"] = posteriors(model, density, truth, args, m256)
+
+        def save(part: dict[str, Any]) -> None:
+            save_json(args.out, {**res, "posterior": part})
+
+        res["posterior"] = posteriors(model, density, truth, args, m256, save)
         save_json(args.out, res)
     print(f"-> {args.out}")
 

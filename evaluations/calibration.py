@@ -48,11 +48,11 @@ PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
 }
 
 
-def pick_maps(ds, n: int, seed: int) -> list[tuple[int, int]]:
-    """(row, sim) for one seeded map of each of the first n test simulations."""
+def pick_maps(ds, n: int, seed: int, split: str = "test") -> list[tuple[int, int]]:
+    """(row, sim) for one seeded map of each of the first n simulations of a split."""
     rng = np.random.default_rng(seed)
     out = []
-    for sim in ds.splits["test"][:n]:
+    for sim in ds.splits[split][:n]:
         rows = np.flatnonzero(ds.sim_id == sim)
         out.append((int(rng.choice(rows)), int(sim)))
     return out
@@ -75,7 +75,8 @@ def load_maps(args: argparse.Namespace) -> tuple[list[Pick], Any]:
         return picks, SimpleNamespace(low=z["low"], high=z["high"])
     ds = load_dataset(args.dataset)
     picks = [
-        (r, s, np.asarray(ds.maps[r]), ds.params[r]) for r, s in pick_maps(ds, args.n, args.seed)
+        (r, s, np.asarray(ds.maps[r]), ds.params[r])
+        for r, s in pick_maps(ds, args.n, args.seed, args.split)
     ]
     return picks, ds.space
 
@@ -212,6 +213,7 @@ def main() -> None:
     ap.add_argument("--full-bound", type=int, default=0, help="importance-sampled timesteps")
     ap.add_argument("--max-batch", type=int, default=64, help="network rows per call")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--split", default="test", help="dataset split (val: to fit settings)")
     ap.add_argument("--maps-npz", type=Path, default=None, help="maps carried as an .npz")
     ap.add_argument("--shard", type=int, default=0, help="run maps shard::n_shards only")
     ap.add_argument("--n-shards", type=int, default=1)

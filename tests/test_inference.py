@@ -252,3 +252,21 @@ def test_cli_infer_bad_input(
         assert code == 2
         assert msg in capsys.readouterr().err
         assert not (tmp_path / f"o{f}").exists()
+
+
+def test_temperature_divides_the_bound() -> None:
+    from diffhmc.inference import MapLikelihood
+
+    model, family = _oracle_model(n_pix=8)
+    x = family.sample(torch.tensor([0.3, 0.8]), 1, generator=torch.Generator().manual_seed(2))[0]
+    x0 = prepare_map(10.0 ** x.double().numpy(), model)
+    base = InferenceConfig(n_timesteps=6, n_draws=2, max_batch=4096)
+    cold = MapLikelihood(model, x0, base)
+    hot = MapLikelihood(model, x0, InferenceConfig(**{**base.__dict__, "temperature": 2.5}))
+    theta = torch.tensor([[0.3, 0.8], [0.25, 0.9]], dtype=torch.float64)
+    torch.testing.assert_close(hot(theta), cold(theta) / 2.5)
+    torch.testing.assert_close(hot.batched(theta), cold.batched(theta) / 2.5)
+    assert InferenceConfig(temperature=2).to_dict()["temperature"] == 2.0
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(DiffHMCError, match="temperature"):
+            InferenceConfig(temperature=bad)

@@ -446,6 +446,19 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
         default="nuts",
         help="nuts (adaptive) or hmc: the paper's plain HMC, fixed step and path, no adaptation",
     )
+    g.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="chains in lockstep sharing each network call (for --method exact on a GPU)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="posterior L^(1/T) p(theta): T > 1 widens an over-sharp emulator's posterior "
+        "(README: calibration)",
+    )
     g.add_argument("--hmc-step", type=float, default=5e-4, help="plain HMC step size (in z)")
     g.add_argument("--hmc-leapfrog", type=int, default=5, help="plain HMC leapfrog steps")
     g.add_argument(
@@ -538,7 +551,9 @@ def _inference_config(args: argparse.Namespace) -> Any:
         noise_std=getattr(args, "noise_std", 0.0),
         full_bound=args.full_bound,
         grid_check=args.grid,
+        temperature=args.temperature,
         nuts=NUTSConfig(
+            vectorize=args.vectorize,
             n_chains=args.chains,
             n_warmup=args.warmup,
             n_samples=args.samples,

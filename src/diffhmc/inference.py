@@ -96,6 +96,11 @@ class InferenceConfig:
     """If >= 3: after sampling, evaluate the exact ``log L`` on a ``grid_check``-per-axis grid
     over the posterior mean +- 5 std (clipped to the prior box) and compare the moments
     (:mod:`diffhmc.grid`); costs ``grid_check^P`` bound evaluations."""
+    temperature: float = 1.0
+    """Likelihood tempering: the posterior is ``L(theta)^(1/T) p(theta)``. ``T = 1`` is the
+    bound itself; ``T > 1`` widens the posterior (about ``sqrt(T)`` in std for a Gaussian
+    one) to calibrate an emulator whose bound is too sharp, with ``T`` fitted on held-out
+    simulations (``evaluations/tempering.py``)."""
     noise_std: float = 0.0
     """Known white-noise std (dex) added to the map's ``log10``; > 0 uses the noise-aware
     bound (:class:`diffhmc.noisy_likelihood.NoisyBoundLikelihood`), whose timesteps (and
@@ -124,6 +129,10 @@ class InferenceConfig:
             raise DiffHMCError(f"grid_check must be 0 (off) or >= 3, got {self.grid_check!r}")
         if self.max_refits < 0 or self.locate_rounds < 1:
             raise DiffHMCError("max_refits must be >= 0 and locate_rounds >= 1")
+        tt = self.temperature
+        if isinstance(tt, bool) or not isinstance(tt, (int, float)) or not 0 < tt < math.inf:
+            raise DiffHMCError(f"temperature must be a finite number > 0, got {tt!r}")
+        object.__setattr__(self, "temperature", float(tt))
         ns = self.noise_std
         if isinstance(ns, bool) or not isinstance(ns, (int, float)) or not ns >= 0:
             raise DiffHMCError(f"noise_std must be a number >= 0, got {ns!r}")
@@ -227,8 +236,10 @@ class MapLikelihood:
         )
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """``log L(theta) / T`` (``T = cfg.temperature``): ``(B, P) -> (B,)`` on the CPU."""
         dev = self.low.device
-        return self.bound(theta.to(dev, torch.float32)).to(theta.dtype).cpu()
+        ll = self.bound(theta.to(dev, torch.float32)) / self.cfg.temperature
+        return ll.to(theta.dtype).cpu()
 
     @torch.no_grad()
     def batched(self, theta: torch.Tensor) -> torch.Tensor:
@@ -560,7 +571,8 @@ def infer_maps_joint(
     index = torch.arange(n, device=dev).repeat_interleave(cfg.nuts.n_chains)
 
     def joint_log_likelihood(theta: torch.Tensor) -> torch.Tensor:
-        return stacked(theta.to(dev, torch.float32), index).to(theta.dtype).cpu()
+        ll = stacked(theta.to(dev, torch.float32), index) / cfg.temperature
+        return ll.to(theta.dtype).cpu()
 
     potential = Potential(joint_log_likelihood, model.space)
     t1 = time.perf_counter()
