@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 from diffhmc.fileio import save_json
 
 DONE_FILE = "summary.json"
@@ -85,10 +85,7 @@ class SlurmSpec:
             if isinstance(v, str) or not all(isinstance(s, str) for s in v):
                 raise DiffHMCError(f"slurm setting {name} must be a list of strings, got {v!r}")
             object.__setattr__(self, name, tuple(v))
-        for name in ("cores", "processes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DiffHMCError(f"slurm setting {name} must be an integer >= 1, got {v!r}")
+        check_int_fields(self, {"cores": 1, "processes": 1}, "slurm setting")
         if self.processes > self.cores:
             raise DiffHMCError(
                 f"slurm processes ({self.processes}) cannot exceed cores ({self.cores}) per job"
@@ -146,11 +143,7 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise DiffHMCError(f"cluster mode must be one of {MODES}, got {self.mode!r}")
-        for name, low in (("workers", 1), ("threads_per_worker", 1), ("retries", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                flag = name.replace("_", "-")
-                raise DiffHMCError(f"{flag} must be an integer >= {low}, got {v!r}")
+        check_int_fields(self, {"workers": 1, "threads_per_worker": 1, "retries": 0}, "cluster")
         if self.mode == "scheduler" and not self.address:
             raise DiffHMCError("a scheduler address is needed, e.g. tcp://host:8786")
         if self.mode != "scheduler" and self.address:

@@ -16,6 +16,17 @@ class DiffHMCError(ValueError):
     """A problem with the user's input (data, parameters, files, checkpoints)."""
 
 
+def check_int_fields(obj: object, minimums: dict[str, int], label: str = "setting") -> None:
+    """Raise unless each attribute ``name`` of ``obj`` is an int (not a bool) ``>= minimum``.
+
+    The message reads ``"{label} {name} must be an integer >= {minimum}, got {value!r}"``.
+    """
+    for name, low in minimums.items():
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise DiffHMCError(f"{label} {name} must be an integer >= {low}, got {v!r}")
+
+
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from diffhmc.diagnostics import inference_data, psis, summarize_draws, weighted_summary
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 from diffhmc.grid import GridPosterior, compare_to_grid, grid_axes, grid_posterior
 from diffhmc.likelihood import BoundLikelihood, StackedBound, importance_timesteps
 from diffhmc.mcmc import ChainResult, NUTSConfig, run_nuts, run_nuts_vectorized
@@ -115,10 +115,8 @@ class InferenceConfig:
             raise DiffHMCError(f"full_bound must be an integer >= 0, got {self.full_bound!r}")
         if self.full_bound < 0:
             raise DiffHMCError(f"full_bound must be >= 0, got {self.full_bound}")
-        for name in ("n_timesteps", "n_draws", "n_correction", "coarse_grid", "max_batch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DiffHMCError(f"inference setting {name} must be an integer >= 1, got {v!r}")
+        names = ("n_timesteps", "n_draws", "n_correction", "coarse_grid", "max_batch")
+        check_int_fields(self, dict.fromkeys(names, 1), "inference setting")
         if self.coarse_grid < 3:
             raise DiffHMCError("coarse_grid must be >= 3")
         if self.grid_check != 0 and (

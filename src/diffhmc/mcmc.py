@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 
 __all__ = ["NUTSConfig", "ChainResult", "run_nuts", "run_nuts_vectorized"]
 
@@ -51,20 +51,9 @@ class NUTSConfig:
             raise DiffHMCError(f"algorithm must be 'nuts' or 'hmc', got {self.algorithm!r}")
         if not (isinstance(self.hmc_step_size, (int, float)) and self.hmc_step_size > 0):
             raise DiffHMCError(f"hmc_step_size must be > 0, got {self.hmc_step_size!r}")
-        if (
-            isinstance(self.hmc_num_steps, bool)
-            or not isinstance(self.hmc_num_steps, int)
-            or (self.hmc_num_steps < 1)
-        ):
-            raise DiffHMCError(f"hmc_num_steps must be an integer >= 1, got {self.hmc_num_steps!r}")
-        for name in ("n_chains", "n_warmup", "n_samples", "max_tree_depth", "seed"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int)
-                or v < (0 if name in ("n_warmup", "seed") else 1)
-            ):
-                raise DiffHMCError(f"NUTS setting {name} must be a positive integer, got {v!r}")
+        check_int_fields(self, {"hmc_num_steps": 1}, "NUTS setting")
+        minimums = {"n_chains": 1, "n_warmup": 0, "n_samples": 1, "max_tree_depth": 1, "seed": 0}
+        check_int_fields(self, minimums, "NUTS setting")
         if not 0.0 < self.target_accept < 1.0:
             raise DiffHMCError(f"target_accept must be in (0, 1), got {self.target_accept}")
 

@@ -39,7 +39,7 @@ import zuko
 from torch import nn
 
 from diffhmc.dataset import Normalization
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 from diffhmc.stats import power_spectrum
 
 __all__ = [
@@ -86,19 +86,9 @@ class NPEConfig:
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
             raise DiffHMCError(f"NPE setting flow must be one of {FLOWS}, got {self.flow!r}")
-        for name, low in (
-            ("transforms", 1),
-            ("hidden", 2),
-            ("hidden_layers", 1),
-            ("n_bins", 0),
-            ("epochs", 1),
-            ("batch_size", 2),
-            ("patience", 1),
-            ("n_samples", 10),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise DiffHMCError(f"NPE setting {name} must be an integer >= {low}, got {v!r}")
+        minimums = {"transforms": 1, "hidden": 2, "hidden_layers": 1, "n_bins": 0, "epochs": 1}
+        minimums |= {"batch_size": 2, "patience": 1, "n_samples": 10}
+        check_int_fields(self, minimums, "NPE setting")
         for name, lo, hi in (
             ("lr", 1e-8, 1.0),
             ("weight_decay", 0.0, 1.0),

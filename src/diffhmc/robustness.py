@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from diffhmc import __version__
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 from diffhmc.fileio import atomic_path, load_json, save_figure, save_json
 from diffhmc.noise import add_log_noise
 
@@ -109,10 +109,7 @@ class RobustnessConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods or len(set(self.methods)) != len(self.methods):
             raise DiffHMCError(f"methods must be distinct names from {METHODS}, got {self.methods}")
-        for name in ("noise_seed", "pick_seed", "baseline_seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise DiffHMCError(f"{name} must be an integer >= 0, got {v!r}")
+        check_int_fields(self, dict.fromkeys(("noise_seed", "pick_seed", "baseline_seed"), 0))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

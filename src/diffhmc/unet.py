@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_int_fields
 
 ATTN_HEADS = 4
 ATTN_DIM_HEAD = 32
@@ -55,10 +55,8 @@ class UNetConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
         object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
-        for name in ("in_channels", "base_channels", "n_res_blocks", "groups", "cond_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DiffHMCError(f"UNetConfig.{name} must be an integer >= 1, got {v!r}")
+        names = ("in_channels", "base_channels", "n_res_blocks", "groups", "cond_dim")
+        check_int_fields(self, dict.fromkeys(names, 1), "UNetConfig")
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise DiffHMCError(
                 f"channel_mults must be a non-empty tuple of integers >= 1, got "
