@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 
 from diffhmc.dataset import write_dataset
 from diffhmc.prior import ParamSpace
+from diffhmc.schedule import ScheduleConfig
+from diffhmc.train import TrainConfig
+from diffhmc.unet import UNetConfig
 
 
 def make_tiny_dataset(path: Path, n_sims: int = 6, seed: int = 0) -> Path:
@@ -30,6 +34,25 @@ def make_tiny_dataset(path: Path, n_sims: int = 6, seed: int = 0) -> Path:
         fractions=(0.5, 0.25, 0.25),
     )
     return path
+
+
+def tiny_config(dataset: Path, **kw: object) -> TrainConfig:
+    """A training config small enough for tests (8 base channels, 50 noise steps, CPU);
+    ``kw`` overrides fields."""
+    base = TrainConfig(
+        dataset=str(dataset),
+        model=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(False, True)),
+        schedule=ScheduleConfig(n_steps=50),
+        batch_size=4,
+        max_steps=4,
+        warmup_steps=2,
+        log_every=2,
+        val_every=2,
+        ckpt_every=2,
+        val_maps=4,
+        accelerator="cpu",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
 
 
 TINY_TRAIN_OVERRIDES = [

@@ -11,16 +11,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffhmc.checkpoint import read_checkpoint
-from diffhmc.schedule import ScheduleConfig
 from diffhmc.train import TrainConfig, train
-from diffhmc.unet import UNet, UNetConfig
+from diffhmc.unet import UNet
 
 STEPS = 4
 ATOL = 1e-6  # float32: DDP sums the two ranks' gradients in another order
@@ -40,22 +38,19 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 def _config(dataset: Path, **kw: object) -> TrainConfig:
-    base = TrainConfig(
-        dataset=str(dataset),
-        model=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(False, True)),
-        schedule=ScheduleConfig(n_steps=50),
-        batch_size=4,
+    from conftest import tiny_config
+
+    # grad_clip active: the clipped global gradient must match too
+    return tiny_config(
+        dataset,
         max_steps=STEPS,
-        warmup_steps=2,
         lr=1e-3,
-        grad_clip=0.5,  # active: the clipped global gradient must match too
+        grad_clip=0.5,
         log_every=1,
         val_every=STEPS,
         ckpt_every=STEPS,
-        val_maps=4,
-        accelerator="cpu",
+        **kw,
     )
-    return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def _free_port() -> int:

@@ -13,30 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from diffhmc.checkpoint import load_model, read_checkpoint
 from diffhmc.cli import main
 from diffhmc.errors import DiffHMCError
-from diffhmc.schedule import ScheduleConfig
 from diffhmc.train import TrainConfig, train
 from diffhmc.unet import UNetConfig
-
-
-def tiny_config(dataset: Path, **kw: object) -> TrainConfig:
-    base = TrainConfig(
-        dataset=str(dataset),
-        model=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(False, True)),
-        schedule=ScheduleConfig(n_steps=50),
-        batch_size=4,
-        max_steps=4,
-        warmup_steps=2,
-        log_every=2,
-        val_every=2,
-        ckpt_every=2,
-        val_maps=4,
-        accelerator="cpu",
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def test_resume_continues_exactly(tiny_dataset: Path, tmp_path: Path) -> None:

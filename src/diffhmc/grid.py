@@ -28,7 +28,14 @@ import torch
 from diffhmc.errors import DiffHMCError
 from diffhmc.prior import ParamSpace
 
-__all__ = ["GridPosterior", "grid_axes", "grid_points", "grid_posterior", "compare_to_grid"]
+__all__ = [
+    "GridPosterior",
+    "grid_axes",
+    "grid_points",
+    "grid_posterior",
+    "compare_moments",
+    "compare_to_grid",
+]
 
 
 def grid_axes(
@@ -131,12 +138,23 @@ def grid_posterior(
     return GridPosterior(list(space.names), [np.asarray(a) for a in axes], ll, mean, cov, edge)
 
 
+def compare_moments(
+    names: Sequence[str],
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    ref_mean: Sequence[float] | np.ndarray,
+    ref_std: Sequence[float] | np.ndarray,
+) -> dict[str, Any]:
+    """Per parameter: ``(mean - ref_mean) / ref_std`` and ``std / ref_std``."""
+    return {
+        n: {
+            "mean_shift_in_std": float((mean[i] - ref_mean[i]) / ref_std[i]),
+            "std_ratio": float(std[i] / ref_std[i]),
+        }
+        for i, n in enumerate(names)
+    }
+
+
 def compare_to_grid(grid: GridPosterior, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
     """Sampled posterior vs grid: mean shift in grid standard deviations and std ratio."""
-    out: dict[str, Any] = {}
-    for i, n in enumerate(grid.names):
-        out[n] = {
-            "mean_shift_in_std": float((mean[i] - grid.mean[i]) / grid.std[i]),
-            "std_ratio": float(std[i] / grid.std[i]),
-        }
-    return out
+    return compare_moments(grid.names, mean, std, grid.mean, grid.std)
