@@ -109,7 +109,7 @@ def test_joint_posteriors_of_several_maps_match_their_grids() -> None:
     agree with each map's bound integrated on a grid."""
     model, family = _oracle_model(n_pix=8)
     gen = torch.Generator().manual_seed(3)
-    truths = [np.array([0.3, 0.8]), np.array([0.2, 0.9])]
+    truths = [np.array([0.15, 0.65]), np.array([0.45, 0.95])]
     dens = [10.0 ** family.sample(torch.tensor(t), 1, generator=gen)[0].numpy() for t in truths]
     nuts = NUTSConfig(n_chains=4, n_warmup=200, n_samples=300, seed=0, vectorize=True)
     cfg = InferenceConfig(
@@ -127,7 +127,7 @@ def test_joint_posteriors_of_several_maps_match_their_grids() -> None:
         np.array([p.summary["parameters"][n]["mean"] for n in ("Omega_m", "sigma_8")])
         for p in posts
     ]
-    assert np.abs(m[0] - m[1]).max() > 0.02
+    assert np.abs(m[0] - m[1]).max() > 0.05
     with pytest.raises(DiffHMCError, match="method='exact'"):
         infer_maps_joint(model, dens, InferenceConfig())
 

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +80,33 @@ class ChainResult:
     seconds: float
 
 
+def _kernel(
+    potential_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    cfg: NUTSConfig,
+    full_mass: bool | list[tuple[str, ...]],
+) -> Any:
+    """Pyro's NUTS (step size and mass matrix adapted; ``full_mass``: dense, or dense blocks
+    per group of sites) or plain HMC with the fixed step and path of ``cfg``."""
+    from pyro.infer.mcmc import HMC, NUTS
+
+    if cfg.algorithm == "hmc":
+        return HMC(
+            potential_fn=potential_fn,
+            step_size=cfg.hmc_step_size,
+            num_steps=cfg.hmc_num_steps,
+            adapt_step_size=False,
+            adapt_mass_matrix=False,
+        )
+    return NUTS(
+        potential_fn=potential_fn,
+        target_accept_prob=cfg.target_accept,
+        max_tree_depth=cfg.max_tree_depth,
+        full_mass=full_mass,
+        adapt_step_size=True,
+        adapt_mass_matrix=True,
+    )
+
+
 def run_nuts(
     potential: Callable[[torch.Tensor], torch.Tensor],
     inits: torch.Tensor,
@@ -92,7 +120,7 @@ def run_nuts(
     potential at a start point).
     """
     import pyro
-    from pyro.infer.mcmc import HMC, MCMC, NUTS
+    from pyro.infer.mcmc import MCMC
 
     inits = torch.as_tensor(inits, dtype=torch.float64)
     if inits.ndim != 2 or inits.shape[0] != cfg.n_chains:
@@ -118,24 +146,7 @@ def run_nuts(
                 f"chain {c}: the potential is {float(u0)} at its start {z0.tolist()}"
             )
         pyro.set_rng_seed(cfg.seed + c)
-        kernel: HMC
-        if cfg.algorithm == "hmc":
-            kernel = HMC(
-                potential_fn=potential_fn,
-                step_size=cfg.hmc_step_size,
-                num_steps=cfg.hmc_num_steps,
-                adapt_step_size=False,
-                adapt_mass_matrix=False,
-            )
-        else:
-            kernel = NUTS(
-                potential_fn=potential_fn,
-                target_accept_prob=cfg.target_accept,
-                max_tree_depth=cfg.max_tree_depth,
-                full_mass=cfg.full_mass,
-                adapt_step_size=True,
-                adapt_mass_matrix=True,
-            )
+        kernel = _kernel(potential_fn, cfg, cfg.full_mass)
         mcmc = MCMC(
             kernel,
             num_samples=cfg.n_samples,
@@ -192,7 +203,7 @@ def run_nuts_vectorized(
     different maps), the same way.
     """
     import pyro
-    from pyro.infer.mcmc import HMC, MCMC, NUTS
+    from pyro.infer.mcmc import MCMC
 
     inits = torch.as_tensor(inits, dtype=torch.float64)
     if inits.ndim != 2 or inits.shape[0] < 1:
@@ -219,24 +230,7 @@ def run_nuts_vectorized(
         return torch.where(torch.isfinite(u), u, torch.full_like(u, math.inf))
 
     pyro.set_rng_seed(cfg.seed)
-    kernel: HMC
-    if cfg.algorithm == "hmc":
-        kernel = HMC(
-            potential_fn=potential_fn,
-            step_size=cfg.hmc_step_size,
-            num_steps=cfg.hmc_num_steps,
-            adapt_step_size=False,
-            adapt_mass_matrix=False,
-        )
-    else:
-        kernel = NUTS(
-            potential_fn=potential_fn,
-            target_accept_prob=cfg.target_accept,
-            max_tree_depth=cfg.max_tree_depth,
-            full_mass=[(n,) for n in names] if cfg.full_mass else False,
-            adapt_step_size=True,
-            adapt_mass_matrix=True,
-        )
+    kernel = _kernel(potential_fn, cfg, [(n,) for n in names] if cfg.full_mass else False)
     t0 = time.perf_counter()
     mcmc = MCMC(
         kernel,
