@@ -452,10 +452,13 @@ def infer_map(
 
 
 def _sample(
-    potential: Potential, inits: torch.Tensor, nuts: NUTSConfig, progress: bool
+    potential: Callable[[torch.Tensor], torch.Tensor],
+    inits: torch.Tensor,
+    nuts: NUTSConfig,
+    progress: bool,
 ) -> ChainResult:
-    """NUTS on the exact potential: chains in lockstep sharing each network call when
-    ``nuts.vectorize``, else one after another."""
+    """NUTS on a batched potential ``(C, P) -> (C,)`` (the exact one or a surrogate): the
+    chains in lockstep sharing each call when ``nuts.vectorize``, else one after another."""
     if nuts.vectorize:
         return run_nuts_vectorized(potential, inits, nuts, progress)
     return run_nuts(lambda z: potential(z.unsqueeze(0))[0], inits, nuts, progress)
@@ -647,7 +650,7 @@ def _nuts_stats(res: Any) -> dict[str, Any]:
 def _surrogate_potential(
     sur: QuadraticGPSurrogate, potential: Potential
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``U_s(z) = -(s(sigmoid(z)) + log prior + log |d theta / d z|)`` for one ``z (P,)``.
+    """``U_s(z) = -(s(sigmoid(z)) + log prior + log |d theta / d z|)``, ``z (B, P) -> (B,)``.
 
     The surrogate ``s`` lives in the unit box ``u = (theta - low) / (high - low) =
     sigmoid(z)``: a quadratic there is bounded on the prior box, so ``exp(-U_s)`` is a proper
@@ -657,8 +660,7 @@ def _surrogate_potential(
     tr, log_prior = potential.transform, potential.log_prior_density
 
     def u(z: torch.Tensor) -> torch.Tensor:
-        zb = z.unsqueeze(0)
-        return -(sur(torch.sigmoid(zb))[0] + log_prior + tr.log_abs_det_jacobian(zb)[0])
+        return -(sur(torch.sigmoid(z)) + log_prior + tr.log_abs_det_jacobian(z))
 
     return u
 
@@ -688,7 +690,7 @@ def _surrogate_posterior(
         sur = QuadraticGPSurrogate(torch.sigmoid(z_design).numpy(), y_design.numpy())
         inits = _unit_inits(sur, cfg.nuts.n_chains, cfg.nuts.seed + attempt)
         t1 = time.perf_counter()
-        res = run_nuts(_surrogate_potential(sur, potential), inits, cfg.nuts, progress)
+        res = _sample(_surrogate_potential(sur, potential), inits, cfg.nuts, progress)
         timings["nuts_s"] = timings.get("nuts_s", 0.0) + time.perf_counter() - t1
         flat_z = torch.from_numpy(res.z.reshape(-1, res.z.shape[-1]))
         # distinct draws only (a rejected NUTS transition repeats its draw)

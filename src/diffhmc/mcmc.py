@@ -4,8 +4,10 @@ The sampler sees only a potential: a function ``z (P,) -> U(z)`` (scalar, differ
 the negative log density of the target in the unconstrained space (for diffhmc the
 :class:`diffhmc.potential.Potential`, or a surrogate of it). Step size and a dense mass
 matrix are adapted during warm-up (Pyro's dual averaging and windowed covariance
-adaptation, as in Stan). Each chain is one seeded ``pyro.infer.MCMC`` run started from its
-own point, so chains are reproducible one by one and can run on different workers.
+adaptation, as in Stan). Two ways to run ``C`` chains from their own starts:
+:func:`run_nuts_vectorized` (default, ``NUTSConfig.vectorize``): one Pyro run on the product
+of ``C`` copies of the target, every potential call batched over the chains;
+:func:`run_nuts`: ``C`` separate seeded runs, reproducible one by one.
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ class NUTSConfig:
     unconstrained ``z``), for comparison."""
     hmc_step_size: float = 5e-4
     hmc_num_steps: int = 5
-    vectorize: bool = False
-    """Run the chains in lockstep, sharing each potential call (one batched network call
-    per leapfrog step for all chains; :func:`run_nuts_vectorized`). Pays off on a GPU."""
+    vectorize: bool = True
+    """Run the chains in lockstep, sharing each potential call (:func:`run_nuts_vectorized`:
+    one batched network call per leapfrog step for all chains on the exact bound, one
+    Pyro run instead of ``C``). Measured on a 2-D Gaussian (4 chains x (200 + 300)): 1.8x
+    less time and 1.9x the bulk ESS of separate chains on this CPU; 3-5x the gradient
+    throughput on an H100 (``benchmarks/bench_batched.py``). ``False``: ``C`` separate
+    seeded runs (:func:`run_nuts`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.vectorize, bool):
