@@ -109,7 +109,10 @@ class LoadedModel:
                 f"{source}: weights do not match the model config "
                 f"({str(exc).splitlines()[0][:160]})"
             ) from None
-        self.net.to(device).eval()
+        # frozen: inference differentiates w.r.t. theta (and inputs) only, so no weight
+        # gradients are computed or their inputs kept (about 10% less time per gradient of
+        # the bound on the CPU, less memory)
+        self.net.to(device).eval().requires_grad_(False)
         self.schedule = NoiseSchedule(self.schedule_config).to(device)
         self.used_ema = weights is ema
 

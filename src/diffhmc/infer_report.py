@@ -169,9 +169,7 @@ _MODEL_LOCK = threading.Lock()
 def _cached_model(path: str, device: str, use_ema: bool, stamp: int) -> Any:
     from diffhmc.checkpoint import load_model
 
-    model = load_model(path, use_ema=use_ema, device=device)
-    model.net.requires_grad_(False)  # inference differentiates w.r.t. theta only
-    return model
+    return load_model(path, use_ema=use_ema, device=device)
 
 
 def worker_model(path: str | None, device: str = "cpu", use_ema: bool = True) -> Any:
