@@ -219,6 +219,7 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
     assert set(summary["parameters"]) == {"Omega_m", "sigma_8"}
     assert summary["parameters"]["Omega_m"]["truth"] == 0.3
     assert summary["settings"]["timesteps"] == [0, 1]
+    assert summary["settings"]["temperature"] == 1.0 and summary["settings"]["nuts"]["vectorize"]
     import arviz as az
 
     idata = az.from_netcdf(out / "one" / "posterior.nc")
@@ -226,12 +227,15 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
     # a batch over a dataset split, resumable: the second run reuses finished maps
     dout = tmp_path / "batch"
     dargs = ["infer", "--dataset", str(ds), "--split", "test", "--n", "1", "--model", str(ckpt)]
-    assert main([*dargs, *TINY_INFER, "--out", str(dout)]) == 0
+    flags = ["--temperature", "1.5", "--separate-chains"]
+    assert main([*dargs, *TINY_INFER, *flags, "--out", str(dout)]) == 0
+    settings = json.loads(next(dout.glob("sim*/summary.json")).read_text())["settings"]
+    assert settings["temperature"] == 1.5 and not settings["nuts"]["vectorize"]
     table = (dout / "table.csv").read_text().splitlines()
     assert len(table) == 2 and "Omega_m_mean" in table[0]
     done = next(dout.glob("sim*/summary.json"))
     stamp = done.stat().st_mtime_ns
-    assert main([*dargs, *TINY_INFER, "--out", str(dout)]) == 0
+    assert main([*dargs, *TINY_INFER, *flags, "--out", str(dout)]) == 0
     assert done.stat().st_mtime_ns == stamp
 
 

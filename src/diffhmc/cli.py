@@ -447,9 +447,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
         help="nuts (adaptive) or hmc: the paper's plain HMC, fixed step and path, no adaptation",
     )
     g.add_argument(
-        "--vectorize",
+        "--separate-chains",
         action="store_true",
-        help="chains in lockstep sharing each network call (for --method exact on a GPU)",
+        help="run the chains one after another (default: in lockstep, sharing each call)",
     )
     g.add_argument(
         "--temperature",
@@ -553,7 +553,7 @@ def _inference_config(args: argparse.Namespace) -> Any:
         grid_check=args.grid,
         temperature=args.temperature,
         nuts=NUTSConfig(
-            vectorize=args.vectorize,
+            vectorize=not args.separate_chains,
             n_chains=args.chains,
             n_warmup=args.warmup,
             n_samples=args.samples,
