@@ -67,6 +67,42 @@ def check_theta(theta: torch.Tensor) -> int:
     return int(theta.shape[0])
 
 
+def check_bound_settings(
+    timesteps: list[int],
+    low: int,
+    n_steps: int,
+    n_draws: int,
+    max_batch: int | None,
+    weights: Sequence[float] | torch.Tensor | None,
+    dtype: torch.dtype,
+    where: str = "",
+) -> torch.Tensor:
+    """Validate a bound's timesteps (distinct, in ``[low, n_steps)``; ``where`` explains
+    ``low``), draws, ``max_batch`` and weights; return the weights ``(K,)`` (default ones)."""
+    if not timesteps:
+        raise DiffHMCError("timesteps must not be empty")
+    bad = [t for t in timesteps if not low <= t < n_steps]
+    if bad:
+        raise DiffHMCError(f"timesteps must lie in [{low}, {n_steps}){where}, got {bad}")
+    if len(set(timesteps)) != len(timesteps):
+        raise DiffHMCError(f"timesteps must be distinct, got {timesteps}")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise DiffHMCError(f"n_draws must be an integer >= 1, got {n_draws!r}")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise DiffHMCError(f"max_batch must be None or an integer >= 1, got {max_batch!r}")
+    k = len(timesteps)
+    if weights is None:
+        return torch.ones(k, dtype=dtype)
+    w = torch.as_tensor(weights, dtype=dtype).detach().cpu()
+    if w.shape != (k,) or not bool(torch.isfinite(w).all()):
+        raise DiffHMCError(
+            f"weights must be {k} finite numbers (one per timestep), got shape {tuple(w.shape)}"
+        )
+    return w
+
+
 def chunked_eps(
     eps_model: EpsModel,
     x_t: torch.Tensor,
@@ -130,30 +166,8 @@ class BoundLikelihood:
         if not bool(torch.isfinite(x0).all()):
             raise DiffHMCError("x0 contains NaN or inf")
         ts = list(range(DEFAULT_K)) if timesteps is None else [int(t) for t in timesteps]
-        n_steps = schedule.n_steps
-        if not ts:
-            raise DiffHMCError("timesteps must not be empty")
-        bad = [t for t in ts if not 0 <= t < n_steps]
-        if bad:
-            raise DiffHMCError(f"timesteps must lie in [0, {n_steps}), got {bad}")
-        if len(set(ts)) != len(ts):
-            raise DiffHMCError(f"timesteps must be distinct, got {ts}")
-        if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-            raise DiffHMCError(f"n_draws must be an integer >= 1, got {n_draws!r}")
-        if max_batch is not None and (
-            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
-        ):
-            raise DiffHMCError(f"max_batch must be None or an integer >= 1, got {max_batch!r}")
+        w = check_bound_settings(ts, 0, schedule.n_steps, n_draws, max_batch, weights, x0.dtype)
         k = len(ts)
-        if weights is None:
-            w = torch.ones(k, dtype=x0.dtype)
-        else:
-            w = torch.as_tensor(weights, dtype=x0.dtype).detach().cpu()
-            if w.shape != (k,) or not bool(torch.isfinite(w).all()):
-                raise DiffHMCError(
-                    f"weights must be {k} finite numbers (one per timestep), got shape "
-                    f"{tuple(w.shape)}"
-                )
         self.eps_model = eps_model
         self.schedule = schedule
         self.x0 = x0.detach()

@@ -104,6 +104,7 @@ from diffhmc.errors import DiffHMCError
 from diffhmc.likelihood import (
     DEFAULT_K,
     EpsModel,
+    check_bound_settings,
     check_theta,
     chunked_eps,
     importance_timesteps,
@@ -213,32 +214,9 @@ class NoisyBoundLikelihood:
             ts = list(range(t0, min(t0 + DEFAULT_K, n_steps)))
         else:
             ts = [int(t) for t in timesteps]
-        if not ts:
-            raise DiffHMCError("timesteps must not be empty")
-        bad = [t for t in ts if not t0 <= t < n_steps]
-        if bad:
-            raise DiffHMCError(
-                f"timesteps must lie in [{t0}, {n_steps}) (the bound starts at the matched "
-                f"noise level t0 = {t0}), got {bad}"
-            )
-        if len(set(ts)) != len(ts):
-            raise DiffHMCError(f"timesteps must be distinct, got {ts}")
-        if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-            raise DiffHMCError(f"n_draws must be an integer >= 1, got {n_draws!r}")
-        if max_batch is not None and (
-            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
-        ):
-            raise DiffHMCError(f"max_batch must be None or an integer >= 1, got {max_batch!r}")
+        note = f" (the bound starts at the matched noise level t0 = {t0})"
+        w = check_bound_settings(ts, t0, n_steps, n_draws, max_batch, weights, torch.float64, note)
         k = len(ts)
-        if weights is None:
-            w = torch.ones(k, dtype=torch.float64)
-        else:
-            w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
-            if w.shape != (k,) or not bool(torch.isfinite(w).all()):
-                raise DiffHMCError(
-                    f"weights must be {k} finite numbers (one per timestep), got shape "
-                    f"{tuple(w.shape)}"
-                )
         dev = y.device
         self.eps_model = eps_model
         self.schedule = schedule
