@@ -35,7 +35,7 @@ from tqdm import tqdm
 from diffhmc import __version__, cnn, npe
 from diffhmc.dataset import Dataset, Normalization, load_dataset
 from diffhmc.errors import DiffHMCError
-from diffhmc.fileio import atomic_path, load_json, save_json
+from diffhmc.fileio import atomic_path, load_json, load_torch_file, save_json
 from diffhmc.prior import ParamSpace
 
 __all__ = [
@@ -266,15 +266,7 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
     kind, missing entries, or weights that do not match the saved config.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DiffHMCError(f"baseline checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise DiffHMCError(
-            f"baseline checkpoint {p} is corrupt or truncated "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
-        ) from None
+    ckpt = load_torch_file(p, "baseline checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         hint = (

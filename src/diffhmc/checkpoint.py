@@ -19,7 +19,7 @@ import torch
 from diffhmc import __version__
 from diffhmc.dataset import Normalization
 from diffhmc.errors import DiffHMCError
-from diffhmc.fileio import atomic_path
+from diffhmc.fileio import atomic_path, load_torch_file
 from diffhmc.prior import ParamSpace
 from diffhmc.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.unet import UNet, UNetConfig
@@ -55,15 +55,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a checkpoint dict (CPU tensors) with one-line errors."""
     p = Path(path)
-    if not p.is_file():
-        raise DiffHMCError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise DiffHMCError(
-            f"checkpoint {p} is corrupt or truncated "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from None
+    ckpt = load_torch_file(p, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DiffHMCError(f"{p} is not a diffhmc checkpoint")
     if ckpt.get("format_version") != FORMAT_VERSION:

@@ -153,3 +153,20 @@ def new_run_dir(out: str | os.PathLike[str] | None, command: str, root: str = "r
             raise DiffHMCError(f"output folder {path} already exists and is not empty")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """``torch.load`` (CPU, weights only) with one-line errors for a missing file and for a
+    truncated or corrupt one (torch raises many exception types for those)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise DiffHMCError(f"{what} not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise DiffHMCError(
+            f"{what} {p} is corrupt or truncated ({type(exc).__name__}: {first})"
+        ) from None
