@@ -91,7 +91,8 @@ def check(recs: list[dict[str, Any]], t: float, n: int, dataset: Path) -> list[d
         n_draws=st["n_draws"],
         noise_seed=st["noise_seed"],
         max_batch=st["max_batch"],
-        nuts=NUTSConfig(**st["nuts"]),
+        # the sampler of the runs being checked (runs before lockstep chains had none)
+        nuts=NUTSConfig(**{"vectorize": False, **st["nuts"]}),
         temperature=t,
     )
     rows = []
