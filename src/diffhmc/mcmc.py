@@ -46,9 +46,9 @@ class NUTSConfig:
     vectorize: bool = True
     """Run the chains in lockstep, sharing each potential call (:func:`run_nuts_vectorized`:
     one batched network call per leapfrog step for all chains on the exact bound, one
-    Pyro run instead of ``C``). Measured on a 2-D Gaussian (4 chains x (200 + 300)): 1.8x
-    less time and 1.9x the bulk ESS of separate chains on this CPU; 3-5x the gradient
-    throughput on an H100 (``benchmarks/bench_batched.py``). ``False``: ``C`` separate
+    Pyro run instead of ``C``). Measured on a 2-D Gaussian (4 chains x (200 + 300), 3 seeds):
+    2.1x less time and 1.9x the bulk ESS of separate chains on the 2-core CPU; 3-5x the
+    gradient throughput on an H100 (``benchmarks/bench_batched.py``). ``False``: ``C`` separate
     seeded runs (:func:`run_nuts`)."""
 
     def __post_init__(self) -> None:
