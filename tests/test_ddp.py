@@ -121,9 +121,16 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
         )
         null = float(mb["exp_avg"].abs().max()) < NULL_GRAD
         n_null += null
-        tol = ddp_cfg.lr * STEPS if null else ATOL
+        # per element: where the first moment is float noise relative to the tensor's scale,
+        # Adam's step lr * m / sqrt(v) may differ by up to lr per step
+        noisy = mb["exp_avg"].abs() < 1e-2 * scale
+        tol = torch.where(noisy, ddp_cfg.lr * STEPS, ATOL)
+        if null:
+            tol = torch.full_like(tol, ddp_cfg.lr * STEPS)
         for key in ("model", "ema"):
-            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=tol)
+            diff = (a[key][name] - b[key][name]).abs()
+            worst = float((diff - tol).max())
+            assert worst <= 0, (name, key, float(diff.max()), worst)
     assert n_null < len(names) // 4
     net_a, net_b = UNet(ddp_cfg.model).eval(), UNet(ddp_cfg.model).eval()
     net_a.load_state_dict(a["model"])
