@@ -21,7 +21,8 @@ from diffhmc.train import TrainConfig, train
 from diffhmc.unet import UNet
 
 STEPS = 4
-ATOL = 1e-6  # float32: DDP sums the two ranks' gradients in another order
+ATOL = 3e-6  # float32: DDP sums the two ranks' gradients in another order, and the fused
+# attention kernel sums in an order that depends on the batch size (2 per rank vs 4)
 NULL_GRAD = 1e-8
 
 DDP_SCRIPT = textwrap.dedent(
