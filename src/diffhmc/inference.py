@@ -424,16 +424,10 @@ def infer_map(
     truth_arr = None if truth is None else np.asarray(truth, dtype=np.float64)
     if truth_arr is not None and truth_arr.shape != (len(names),):
         raise DiffHMCError(f"truth must have {len(names)} values {names}, got {truth_arr.shape}")
-    x0 = prepare_map(density, model)
-    like = MapLikelihood(model, x0, cfg)
+    t0 = time.perf_counter()
+    like, cheap, z_design, y_design = _located(model, density, cfg, say)
     potential = Potential(like, model.space)
     tr = potential.transform
-    t0 = time.perf_counter()
-    cheap = like
-    if cfg.full_bound or cfg.locate_timesteps < len(cfg.timestep_list()):
-        cheap_cfg = replace(cfg, timesteps=tuple(range(cfg.locate_timesteps)), full_bound=0)
-        cheap = MapLikelihood(model, x0, cheap_cfg)
-    z_design, y_design = _locate(like, cheap, tr, cfg, say)
     timings = {"locate_s": time.perf_counter() - t0}
     rows_locate = like.rows + (cheap.rows if cheap is not like else 0)
     if cfg.method == "exact":
@@ -442,13 +436,33 @@ def infer_map(
         t1 = time.perf_counter()
         res = _sample(potential, inits, cfg.nuts, progress)
         timings["nuts_s"] = time.perf_counter() - t1
-        post = _chain_posterior(res.z, res, tr, names, truth_arr, z_design, y_design)
+        chains = slice(0, cfg.nuts.n_chains)
+        post = _chain_posterior(res, chains, tr, names, truth_arr, z_design, y_design)
     else:
         post = _surrogate_posterior(
             like, potential, z_design, y_design, cfg, names, truth_arr, progress, say, timings
         )
     rows = like.rows + (cheap.rows if cheap is not like else 0)
     return _finish(post, like, cfg, names, truth_arr, timings, t0, rows_locate, rows, say)
+
+
+def _located(
+    model: LoadedModel,
+    density: np.ndarray,
+    cfg: InferenceConfig,
+    say: Callable[[str], None],
+    eps_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[MapLikelihood, MapLikelihood, torch.Tensor, torch.Tensor]:
+    """A map's likelihood, the cheaper one used to locate its posterior (the same object
+    when no cheaper one applies), and the locate design ``(z (N, P), log L (N,))``."""
+    x0 = prepare_map(density, model)
+    like = MapLikelihood(model, x0, cfg, eps_model=eps_model)
+    cheap = like
+    if cfg.full_bound or cfg.locate_timesteps < len(cfg.timestep_list()):
+        quick = replace(cfg, timesteps=tuple(range(cfg.locate_timesteps)), full_bound=0)
+        cheap = MapLikelihood(model, x0, quick, eps_model=like.eps_model)
+    z_design, y_design = _locate(like, cheap, BoxTransform(model.space), cfg, say)
+    return like, cheap, z_design, y_design
 
 
 def _sample(
@@ -465,21 +479,20 @@ def _sample(
 
 
 def _chain_posterior(
-    z: np.ndarray,
     res: ChainResult,
+    chains: slice,
     tr: BoxTransform,
     names: list[str],
     truth: np.ndarray | None,
     z_design: torch.Tensor,
     y_design: torch.Tensor,
 ) -> Posterior:
-    """The posterior of exact-bound chains ``z (C, S, P)`` (``res`` for their statistics)."""
+    """The posterior of the exact-bound chains ``res.z[chains]`` (``(C, S, P)``)."""
+    z, diverging = res.z[chains], res.diverging[chains]
     theta = tr.inverse(torch.from_numpy(z.reshape(-1, z.shape[-1]))).numpy().reshape(z.shape)
-    summary = summarize_draws(theta, names, res.diverging[: z.shape[0]], truth)
+    summary = summarize_draws(theta, names, diverging, truth)
     summary["nuts"] = _nuts_stats(res)
-    post = Posterior(
-        theta=theta, summary=summary, idata=None, diverging=res.diverging[: z.shape[0]]
-    )
+    post = Posterior(theta=theta, summary=summary, idata=None, diverging=diverging)
     post.design_theta = tr.inverse(z_design).numpy()
     post.design_loglik = y_design.numpy()
     return post
@@ -549,14 +562,8 @@ def infer_maps_joint(
     likes: list[MapLikelihood] = []
     designs, inits = [], []
     for i, density in enumerate(densities):
-        x0 = prepare_map(density, model)
-        like = MapLikelihood(model, x0, cfg, eps_model=likes[0].eps_model if likes else None)
-        cheap = like
-        if cfg.full_bound or cfg.locate_timesteps < len(cfg.timestep_list()):
-            quick = replace(cfg, timesteps=tuple(range(cfg.locate_timesteps)), full_bound=0)
-            cheap = MapLikelihood(model, x0, quick, eps_model=like.eps_model)
-        tr = Potential(like, model.space).transform
-        z_design, y_design = _locate(like, cheap, tr, cfg, say)
+        shared = likes[0].eps_model if likes else None  # one network wrapper: bounds stack
+        like, _, z_design, y_design = _located(model, density, cfg, say, shared)
         sur = QuadraticGPSurrogate(z_design.numpy(), y_design.numpy())
         inits.append(_dispersed_inits(sur.mode, sur.chol_cov, cfg.nuts.n_chains, cfg.nuts.seed + i))
         likes.append(like)
@@ -585,10 +592,8 @@ def infer_maps_joint(
     for i in range(n):
         truth = None if truths_list[i] is None else np.asarray(truths_list[i], dtype=np.float64)
         z_design, y_design = designs[i]
-        tr = potential.transform
-        post = _chain_posterior(
-            res.z[i * c : (i + 1) * c], res, tr, names, truth, z_design, y_design
-        )
+        chains = slice(i * c, (i + 1) * c)
+        post = _chain_posterior(res, chains, potential.transform, names, truth, z_design, y_design)
         post.summary["nuts"]["joint_maps"] = n
         timings = {"locate_s": t_locate / n, "nuts_s": t_nuts / n}
         start = time.perf_counter() - (t_locate + t_nuts) / n
