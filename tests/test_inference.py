@@ -274,3 +274,41 @@ def test_temperature_divides_the_bound() -> None:
     for bad in (0.0, -1.0, float("inf"), True):
         with pytest.raises(DiffHMCError, match="temperature"):
             InferenceConfig(temperature=bad)
+
+
+def test_cli_recalibrate_then_infer_with_it(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`diffhmc recalibrate` fits on a finished validation batch; `infer --recalibration`
+    applies the file, and refuses it for other bound settings before any posterior runs."""
+    from diffhmc.cli import main
+    from diffhmc.diagnostics import load_inference_data
+    from diffhmc.recalibration import load_recalibration
+
+    ds, ckpt = tiny_model
+    base = ["--model", str(ckpt), *TINY_INFER]
+    val = tmp_path / "val"
+    dargs = ["infer", "--dataset", str(ds), "--split", "val", "--n", "1", "--workers", "0"]
+    assert main([*dargs, *base, "--out", str(val)]) == 0
+    rfile = tmp_path / "recal.json"
+    assert main(["recalibrate", str(val), "--model", str(ckpt), "--out", str(rfile)]) == 0
+    recal = load_recalibration(rfile)
+    assert recal.settings["timesteps"] == [0, 1] and recal.fitted_on["n_posteriors"] == 1
+    np.save(tmp_path / "one.npy", np.load(ds / "maps.npy")[0])
+    out = tmp_path / "post"
+    args = ["infer", str(tmp_path / "one.npy"), *base, "--recalibration", str(rfile)]
+    assert main([*args, "--truth", "0.3", "0.8", "--out", str(out)]) == 0
+    summary = json.loads((out / "one" / "summary.json").read_text())
+    assert summary["recalibration"]["factors"] == dict(zip(recal.names, recal.factors, strict=True))
+    assert summary["posterior_from"].endswith("recalibrated")
+    draws = load_inference_data(out / "one" / "posterior.nc").posterior["Omega_m"].values
+    assert summary["parameters"]["Omega_m"]["mean"] == pytest.approx(draws.mean(), rel=1e-12)
+    # other settings: refused before anything runs
+    bad_out = tmp_path / "bad"
+    code = main([*args[:-2], "--timesteps", "3", *args[-2:], "--out", str(bad_out)])
+    assert code == 2 and "timesteps: fitted for [0, 1]" in capsys.readouterr().err
+    assert not bad_out.exists()
+    # a run folder with nothing finished
+    (tmp_path / "empty").mkdir()
+    code = main(["recalibrate", str(tmp_path / "empty"), "--model", str(ckpt), "--out", "x.json"])
+    assert code == 2 and "no finished posteriors" in capsys.readouterr().err

@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
     )
     _add_inference_args(p)
+    _add_recalibration_arg(p)
     _add_sim_config_args(p)
 
     p = _parser(
@@ -180,7 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="known std (dex) of Gaussian noise on the maps' log10: > 0 infers with the "
         "noise-aware bound (the bound starts at the matching diffusion time)",
     )
+    _add_recalibration_arg(p)
     _add_batch_args(p)
+
+    p = _parser(
+        sub,
+        "recalibrate",
+        "Fit per-parameter widening factors on the posteriors of a finished `diffhmc infer "
+        "--dataset ... --split val` run (simulations with known parameters, never the maps "
+        "to be analysed); writes a recalibration file for `diffhmc infer --recalibration`.",
+        "diffhmc recalibrate runs/val40 --out runs/val40/recalibration.json",
+    )
+    p.add_argument("run", type=Path, help="folder of a finished `diffhmc infer --dataset` run")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the checkpoint that run used (default: the shipped model)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="recalibration file to write (.json)")
 
     p = _parser(
         sub,
@@ -472,6 +491,32 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
 
 
+def _add_recalibration_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recalibration",
+        default=None,
+        metavar="FILE",
+        help="widen the posteriors by per-parameter factors fitted on validation "
+        "simulations (`diffhmc recalibrate`); 'shipped': the one fitted for the shipped "
+        "model at --timesteps 5 --draws 1 (README: calibration). Refused for other "
+        "settings or models",
+    )
+
+
+def _load_recalibration(args: argparse.Namespace, model: Any, cfg: Any) -> Any:
+    """The --recalibration file (or None), checked against the model and settings before
+    any posterior runs."""
+    from diffhmc.inference import model_sha256
+    from diffhmc.recalibration import SHIPPED_RECALIBRATION, load_recalibration
+
+    if args.recalibration is None:
+        return None
+    path = SHIPPED_RECALIBRATION if args.recalibration == "shipped" else Path(args.recalibration)
+    recal = load_recalibration(path)
+    recal.check(list(model.space.names), cfg.to_dict(), model_sha256(model.source))
+    return recal
+
+
 def _add_batch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "batch (--dataset only): posteriors run on Dask",
@@ -580,12 +625,46 @@ def _run_infer(args: argparse.Namespace) -> int:
     cfg = _inference_config(args)
     cluster = _cluster_spec(args) if args.dataset is not None else None
     model = load_model(args.model, device=args.device)
+    recal = _load_recalibration(args, model, cfg)
     if args.dataset is not None:
         out = args.out if args.out is not None else _run_dir(None, "infer")
         out.mkdir(parents=True, exist_ok=True)
-        infer_dataset(args.dataset, args.split, args.n, model, cfg, out, cluster=cluster)
+        infer_dataset(
+            args.dataset, args.split, args.n, model, cfg, out, cluster=cluster, recal=recal
+        )
     else:
-        infer_arrays(args.maps, model, cfg, _run_dir(args.out, "infer"), truth=args.truth)
+        out = _run_dir(args.out, "infer")
+        infer_arrays(args.maps, model, cfg, out, truth=args.truth, recal=recal)
+    return 0
+
+
+def _run_recalibrate(args: argparse.Namespace) -> int:
+    from diffhmc.checkpoint import load_model
+    from diffhmc.infer_report import load_batch_posteriors
+    from diffhmc.inference import model_sha256
+    from diffhmc.recalibration import bound_settings, fit_recalibration
+
+    model = load_model(args.model)
+    names = list(model.space.names)
+    draws, truths, settings = load_batch_posteriors(args.run, names)
+    recal = fit_recalibration(
+        draws,
+        truths,
+        model.space,
+        bound_settings(settings),
+        model_sha256(model.source),
+        source=str(args.run),
+    )
+    recal.save(args.out)
+    before, after = recal.fitted_on["coverage_before"], recal.fitted_on["coverage_after"]
+    print(f"fitted on {len(draws)} posteriors of {args.run}:")
+    for n, s in zip(names, recal.factors, strict=True):
+        b, a = before[n], after[n]
+        print(
+            f"  {n:8s} widen x {s:.2f}: 68%/95% coverage {b['coverage_68']:.2f}/"
+            f"{b['coverage_95']:.2f} -> {a['coverage_68']:.2f}/{a['coverage_95']:.2f}"
+        )
+    print(f"-> {args.out} (use: diffhmc infer ... --recalibration {args.out})")
     return 0
 
 
@@ -618,15 +697,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             from diffhmc.infer_report import inference_demo
 
+            icfg = _inference_config(args)
+            recal = None
+            if args.recalibration is not None:
+                from diffhmc.checkpoint import load_model
+
+                recal = _load_recalibration(args, load_model(args.model), icfg)
             inference_demo(
                 _run_dir(args.out, "demo"),
                 seed=args.seed,
-                cfg=_inference_config(args),
+                cfg=icfg,
                 model_path=args.model,
                 sim_config=cfg,
+                recal=recal,
             )
     elif args.command == "infer":
         return _run_infer(args)
+    elif args.command == "recalibrate":
+        return _run_recalibrate(args)
     elif args.command == "simulate":
         cfg = load_sim_config(args.config, args.overrides, args.resolution)
         report.simulate_to_folder(

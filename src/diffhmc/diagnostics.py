@@ -8,13 +8,23 @@ transition diverged. Intervals are equal-tailed quantile intervals.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "inference_data", "summarize_draws", "psis", "weighted_summary"]
+from diffhmc.errors import DiffHMCError
+
+__all__ = [
+    "THRESHOLDS",
+    "inference_data",
+    "load_inference_data",
+    "summarize_draws",
+    "psis",
+    "weighted_summary",
+]
 
 THRESHOLDS = {"rhat_max": 1.01, "ess_min": 400.0, "khat_max": 0.7}
 """R-hat above ``rhat_max``, bulk/tail ESS below ``ess_min`` (all chains together) or a
@@ -50,6 +60,21 @@ def inference_data(
         for n, v in zip(names, np.asarray(truth, dtype=np.float64), strict=True):
             flat[f"truth_{n}"] = float(v)
     idata.posterior.attrs.update(flat)
+    return idata
+
+
+def load_inference_data(path: str | os.PathLike[str]) -> Any:
+    """Read a ``posterior.nc`` written by :func:`inference_data` (clear errors for a missing
+    or unreadable file, or one without a ``posterior`` group)."""
+    from diffhmc.fileio import require_file
+
+    p = require_file(path, "posterior file")
+    try:
+        idata = _arviz().from_netcdf(str(p))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DiffHMCError(f"posterior file {p} is not readable netCDF ({exc})") from None
+    if "posterior" not in idata.groups():
+        raise DiffHMCError(f"posterior file {p} has no posterior group")
     return idata
 
 

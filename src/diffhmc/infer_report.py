@@ -28,8 +28,9 @@ from diffhmc import __version__
 from diffhmc.batch import DONE_FILE, ERROR_FILE, ClusterSpec, Job, run_jobs
 from diffhmc.errors import DiffHMCError
 from diffhmc.fileio import atomic_path, load_npy, save_figure, save_json, save_npy
-from diffhmc.inference import InferenceConfig, Posterior, infer_map, prepare_map
+from diffhmc.inference import InferenceConfig, Posterior, infer_map, prepare_map, recalibrate
 from diffhmc.plots_inference import corner_figure, grid_figure, trace_figure
+from diffhmc.recalibration import Recalibration
 
 Log = Callable[[str], None]
 
@@ -114,9 +115,10 @@ def infer_arrays(
     out: Path,
     truth: Sequence[float] | None = None,
     log: Log = print,
+    recal: Recalibration | None = None,
 ) -> list[dict[str, Any]]:
     """Posteriors for every map in the ``.npy`` files ``paths`` (each one map or a stack),
-    one sub-folder per map; returns the summaries."""
+    one sub-folder per map, widened by ``recal`` if given; returns the summaries."""
     names = list(model.space.names)
     stacks = [(p, _maps_of(p)) for p in paths]  # check every file before the first posterior
     for p, m in stacks:
@@ -135,6 +137,8 @@ def infer_arrays(
             name = p.stem if len(m) == 1 else f"{p.stem}_{i:03d}"
             log(f"posterior for {p} map {i} ({len(results) + 1} of {n_total})")
             post = infer_map(model, x, cfg, truth=t_arr, progress=True, log=log)
+            if recal is not None:
+                post = recalibrate(post, recal, model, t_arr)
             save_posterior(
                 post,
                 out / name,
@@ -160,6 +164,7 @@ class PosteriorJob:
     model_path: str | None = None
     device: str = "cpu"
     use_ema: bool = True
+    recal: Recalibration | None = None
 
 
 _MODEL_LOCK = threading.Lock()
@@ -192,6 +197,8 @@ def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> Non
     t0 = time.perf_counter()
     truth = None if job.truth is None else job.truth.tolist()
     post = infer_map(model, job.density, job.cfg, truth=truth)
+    if job.recal is not None:
+        post = recalibrate(post, job.recal, model, truth)
     extra = {**job.extra, "seconds": time.perf_counter() - t0}
     save_posterior(post, folder, list(model.space.names), job.truth, extra)
 
@@ -239,13 +246,16 @@ def infer_dataset(
     log: Log = print,
     cluster: ClusterSpec | None = None,
     progress: bool = True,
+    recal: Recalibration | None = None,
 ) -> list[dict[str, Any]]:
     """Posteriors for ``n`` maps of a dataset split (one seeded map per simulation), one
     folder ``sim{sim:04d}_map{row:06d}`` per map, run by :func:`diffhmc.batch.run_jobs` on
     ``cluster`` (``None``: one after the other in this process with ``model``; otherwise
     every Dask worker loads ``model.source``, a checkpoint file, once).
 
-    Finished maps (with a ``summary.json``) are skipped, so an interrupted run resumes.
+    ``recal`` (a fitted :class:`~diffhmc.recalibration.Recalibration`) widens every
+    posterior. Finished maps (with a ``summary.json``) are skipped, so an interrupted run
+    resumes.
     Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals, R-hat, ESS, time
     per finished map), assembled from the per-map ``summary.json`` files. Maps that failed
     keep an ``error.json``, are listed in ``errors.json`` and raise :class:`DiffHMCError`
@@ -292,7 +302,9 @@ def infer_dataset(
     for row, sim in picks:
         name = f"sim{sim:04d}_map{row:06d}"
         extra = {"dataset": str(dataset), "row": row, "sim": sim}
-        payload = PosteriorJob(np.asarray(ds.maps[row]), ds.params[row], cfg, extra, **where)
+        payload = PosteriorJob(
+            np.asarray(ds.maps[row]), ds.params[row], cfg, extra, recal=recal, **where
+        )
         jobs.append(Job(name, out / name, payload))
     result = run_jobs(fn, jobs, cluster, progress=progress, log=log)
     finished = []
@@ -321,6 +333,7 @@ def inference_demo(
     n_emulated: int = 4,
     sim_config: Any = None,
     log: Log = print,
+    recal: Recalibration | None = None,
 ) -> dict[str, Any]:
     """The main job: simulate a new map at a seeded cosmology, infer its parameters with the
     shipped model (Diffusion-HMC), print the posterior against the truth, and save the map,
@@ -353,6 +366,8 @@ def inference_demo(
         f"timesteps, {cfg.nuts.n_chains} chains)"
     )
     post = infer_map(model, x, cfg, truth=truth, progress=True, log=log)
+    if recal is not None:
+        post = recalibrate(post, recal, model, truth)
     names = list(model.space.names)
     save_posterior(post, out / "posterior", names, truth, {"model": model.source, "seed": seed})
     log("posterior:")
@@ -383,3 +398,42 @@ def inference_demo(
         },
     )
     return res
+
+
+def load_batch_posteriors(
+    run: Path, names: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+    """The finished posteriors of a ``diffhmc infer --dataset`` run folder, to fit a
+    recalibration on: draws ``(C, S, P)`` per map (from ``posterior.nc``), truths
+    ``(N, P)`` and the common settings. Refuses maps without a truth, with other settings,
+    already recalibrated, or importance-weighted (their chain draws are not the posterior)."""
+    from diffhmc.diagnostics import load_inference_data
+    from diffhmc.fileio import load_json
+
+    folders = sorted(f.parent for f in Path(run).glob(f"*/{DONE_FILE}"))
+    if not folders:
+        raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")
+    draws, truths, settings = [], [], None
+    for f in folders:
+        sm = load_json(f / DONE_FILE, "posterior summary")
+        params = sm.get("parameters", {})
+        if list(params) != list(names):
+            raise DiffHMCError(f"{f}: parameters {list(params)}, expected {list(names)}")
+        if any("truth" not in params[n] for n in names):
+            raise DiffHMCError(f"{f}: no truth in the summary (fit on simulations)")
+        if "recalibration" in sm:
+            raise DiffHMCError(f"{f}: already recalibrated; fit on raw posteriors")
+        if sm.get("posterior_from") == "importance_weighted":
+            raise DiffHMCError(
+                f"{f}: the posterior is importance-weighted (the surrogate missed the bound), "
+                "so its chain draws are not the posterior; rerun that map with --method exact"
+            )
+        if settings is None:
+            settings = sm["settings"]
+        elif sm["settings"] != settings:
+            raise DiffHMCError(f"{f}: settings differ from the run's other posteriors")
+        idata = load_inference_data(f / "posterior.nc")
+        draws.append(np.stack([np.asarray(idata.posterior[n]) for n in names], axis=-1))
+        truths.append([params[n]["truth"] for n in names])
+    assert settings is not None
+    return draws, np.asarray(truths, dtype=np.float64), settings

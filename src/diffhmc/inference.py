@@ -30,10 +30,12 @@ in physical units; ``z`` the unconstrained coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +49,7 @@ from diffhmc.mcmc import ChainResult, NUTSConfig, run_nuts, run_nuts_vectorized
 from diffhmc.noise import normalized_noise_std
 from diffhmc.noisy_likelihood import NoisyBoundLikelihood
 from diffhmc.potential import BoxTransform, Potential
+from diffhmc.recalibration import Recalibration, file_sha256
 from diffhmc.surrogate import QuadraticGPSurrogate
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ __all__ = [
     "MapLikelihood",
     "infer_map",
     "infer_maps_joint",
+    "model_sha256",
+    "recalibrate",
 ]
 
 METHODS = ("surrogate", "exact")
@@ -303,10 +308,10 @@ def _trust_region(
     when it is one within two scales (the scale becomes 1.5 fitted widths, capped at
     ``max_scale``), else to the best point while the scale halves. Stops early once the
     centre moves less than half a fitted width. Returns ``(z, y, center, scale, fitted)``,
-    ``fitted`` telling whether the last round's quadratic fit was accepted.
+    ``fitted`` telling whether any round's quadratic fit was accepted.
     """
     zs, ys = [], []
-    step_ok = False
+    step_ok = fitted = False
     for r in range(rounds):
         pts = _stencil(center, scale).clamp(-15.0, 15.0)
         vals = like.batched(tr.inverse(pts))
@@ -321,6 +326,7 @@ def _trust_region(
         except (DiffHMCError, RuntimeError):
             pass
         if step_ok:
+            fitted = True
             moved = torch.linalg.solve(local.chol_cov, local.mode - center).abs().max()
             center = local.mode
             scale = local.chol_cov * 1.5
@@ -334,7 +340,7 @@ def _trust_region(
         else:
             center, scale = pts[int(torch.argmax(vals))].clone(), scale * 0.5
             log(f"{label} round {r + 1}: best point theta {tr.inverse(center[None])[0].tolist()}")
-    return torch.cat(zs), torch.cat(ys), center, scale, step_ok
+    return torch.cat(zs), torch.cat(ys), center, scale, fitted
 
 
 def _locate(
@@ -351,7 +357,11 @@ def _locate(
     the information about theta at a fraction of the cost); two trust-region rounds on
     ``like`` (the posterior's bound) then refine the centre and width, and a last block
     of points at 1.5 and 3 fitted widths completes the design. Only ``like``'s
-    evaluations are returned.
+    evaluations are returned. The search restarts on ``like`` from the coarse grid only
+    when none of its refining rounds could fit a quadratic (the cheap bound's maximum is
+    not ``like``'s): a round that fails after an accepted one only means the stencil
+    reached where the bound is not quadratic, and the design's own fit (a quadratic plus
+    a Gaussian process over every point) absorbs that.
     """
     theta = _theta_grid(like.space, cfg.coarse_grid)
     z0 = tr.forward(theta)
@@ -527,6 +537,73 @@ def _finish(
         truth=truth,
     )
     return post
+
+
+def recalibrate(
+    post: Posterior,
+    recal: Recalibration,
+    model: LoadedModel,
+    truth: Sequence[float] | None = None,
+) -> Posterior:
+    """``post`` widened by a fitted :class:`~diffhmc.recalibration.Recalibration`.
+
+    Refuses (:class:`DiffHMCError`) a recalibration fitted for other parameters, another
+    model (by the checkpoint file's SHA-256) or other bound settings. The draws (the chains
+    and, for an importance-weighted posterior, the weighted exact-check draws), the summary
+    and the InferenceData are recomputed from the widened draws; the summary keeps the
+    raw posterior's parameters under ``recalibration.raw_parameters``.
+    """
+    names = list(model.space.names)
+    recal.check(names, post.summary["settings"], model_sha256(model.source))
+    truth_arr = None if truth is None else np.asarray(truth, dtype=np.float64)
+    theta = recal.apply(post.theta, model.space)
+    summary = {**post.summary, **summarize_draws(theta, names, post.diverging, truth_arr)}
+    summary["warnings"] = list(post.summary.get("warnings", []))
+    out = replace(post, theta=theta, summary=summary)
+    if post.summary.get("posterior_from") == "importance_weighted":
+        assert post.corrected_theta is not None and post.corrected_log_weights is not None
+        lw = post.corrected_log_weights
+        w = np.exp(lw - lw.max())
+        out.corrected_theta = recal.apply(post.corrected_theta, model.space, weights=w)
+        weighted = weighted_summary(out.corrected_theta, lw, names, truth_arr)
+        summary["parameters"] = {
+            n: {**summary["parameters"][n], **weighted["parameters"][n]} for n in names
+        }
+    summary["posterior_from"] = f"{post.summary.get('posterior_from', 'chains')}, recalibrated"
+    summary["recalibration"] = {
+        "factors": dict(zip(names, recal.factors, strict=True)),
+        "fitted_on": recal.fitted_on,
+        "raw_parameters": post.summary["parameters"],
+    }
+    out.idata = inference_data(
+        theta,
+        names,
+        sample_stats={"diverging": post.diverging} if post.diverging is not None else None,
+        attrs={
+            "method": summary["settings"]["method"],
+            "note": "NUTS draws widened by a fitted recalibration (summary JSON: factors)",
+        },
+        truth=truth_arr,
+    )
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def model_sha256(source: str) -> str:
+    """SHA-256 of the checkpoint file a model was loaded from (cached per path, mtime and
+    size)."""
+    p = Path(source)
+    if not p.is_file():
+        raise DiffHMCError(
+            f"a recalibration is tied to a checkpoint file, but the model's source {source!r} "
+            "is not a file"
+        )
+    st = p.stat()
+    return _sha256_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def infer_maps_joint(

@@ -1,0 +1,159 @@
+r"""Per-parameter recalibration of the shipped model's posteriors: fit on validation, test.
+
+Fits :func:`diffhmc.recalibration.fit_recalibration` (one widening factor per parameter,
+in the sampler's unconstrained coordinates) on the saved posteriors of a calibration run on
+the VALIDATION split, and reports on the TEST split (other simulations, held out) the
+coverage of the 68/95% intervals with 95% Wilson intervals (the binomial uncertainty of N
+maps), and the coverage curve over levels 5-95%, for: the raw posteriors, one global factor
+``sqrt(T)`` with the temperature ``T`` of ``evaluations/tempering.py``, and the fitted
+per-parameter factors. No network calls: it reads the runs' draws.
+
+``--ship`` also writes the fitted file to ``src/diffhmc/models/`` (what
+``diffhmc infer --recalibration shipped`` uses).
+
+    python evaluations/recalibration.py --val evaluations/results/calibration_val \
+        --test evaluations/results/calibration_v2 \
+        --tempering evaluations/results/tempering/tempering.json \
+        --out evaluations/results/recalibration --ship
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from diffhmc.checkpoint import DEFAULT_MODEL
+from diffhmc.fileio import load_json, save_figure, save_json
+from diffhmc.machine import machine_info
+from diffhmc.prior import ParamSpace
+from diffhmc.recalibration import (
+    SHIPPED_RECALIBRATION,
+    bound_settings,
+    coverage,
+    file_sha256,
+    fit_recalibration,
+    widen,
+)
+
+CURVE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def load_run(folder: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[int]]:
+    """Draws, truths and bound settings of a calibration run (``evaluations/calibration.py``
+    output: ``maps/map_*.json`` with ``draws``, ``truth`` and ``summary``), and the
+    simulations left out because their posterior is importance-weighted (the surrogate
+    missed the bound: the saved chain draws are not that posterior)."""
+    recs = [json.loads(p.read_text()) for p in sorted((folder / "maps").glob("map_*.json"))]
+    if not recs:
+        raise SystemExit(f"no finished maps in {folder / 'maps'}")
+    weighted = [r["sim"] for r in recs if r["summary"]["posterior_from"] != "surrogate_chains"]
+    recs = [r for r in recs if r["sim"] not in weighted]
+    # runs made before InferenceConfig.temperature existed ran at T = 1
+    settings = {"temperature": 1.0, **recs[0]["summary"]["settings"]}
+    for r in recs:
+        if bound_settings({"temperature": 1.0, **r["summary"]["settings"]}) != bound_settings(
+            settings
+        ):
+            raise SystemExit(f"{folder}: map {r['sim']} has other settings")
+    draws = [np.asarray(r["draws"], dtype=np.float64) for r in recs]
+    truths = np.asarray([r["truth"] for r in recs], dtype=np.float64)
+    return draws, truths, bound_settings(settings), weighted
+
+
+def curve(
+    draws: list[np.ndarray], truths: np.ndarray, space: ParamSpace, factors: np.ndarray
+) -> dict[str, list[float]]:
+    """Per parameter: coverage of the equal-tailed intervals at each of ``CURVE_LEVELS``."""
+    out: dict[str, list[float]] = {}
+    w = [widen(d, factors, space) for d in draws]
+    for i, n in enumerate(space.names):
+        cov = []
+        for lv in CURVE_LEVELS:
+            hits = [
+                np.quantile(d[:, i], (1 - lv) / 2) <= t[i] <= np.quantile(d[:, i], (1 + lv) / 2)
+                for d, t in zip(w, truths, strict=True)
+            ]
+            cov.append(float(np.mean(hits)))
+        out[n] = cov
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--val", type=Path, required=True, help="calibration run on the val split")
+    ap.add_argument("--test", type=Path, required=True, help="calibration run on the test split")
+    ap.add_argument("--tempering", type=Path, default=None, help="tempering.json (global T)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ship", action="store_true", help=f"also write {SHIPPED_RECALIBRATION}")
+    args = ap.parse_args()
+    space = ParamSpace.camels()
+    vd, vt, vset, v_out = load_run(args.val)
+    td, tt, tset, t_out = load_run(args.test)
+    if vset != tset:
+        raise SystemExit(f"val and test runs differ in settings: {vset} vs {tset}")
+    recal = fit_recalibration(
+        vd, vt, space, vset, file_sha256(DEFAULT_MODEL), source=f"{args.val} (val split)"
+    )
+    fitted = np.asarray(recal.factors)
+    variants: dict[str, np.ndarray] = {"raw": np.ones(space.dim), "per-parameter": fitted}
+    if args.tempering is not None:
+        t_fit = float(load_json(args.tempering, "tempering result")["temperature"])
+        variants[f"global sqrt(T), T = {t_fit:g}"] = np.full(space.dim, np.sqrt(t_fit))
+    res: dict[str, Any] = {
+        "factors": dict(zip(space.names, recal.factors, strict=True)),
+        "settings": vset,
+        "fitted_on": {"folder": str(args.val), "n_maps": len(vd), "left_out_sims": v_out},
+        "tested_on": {"folder": str(args.test), "n_maps": len(td), "left_out_sims": t_out},
+        "val": {k: coverage(vd, vt, space, f) for k, f in variants.items()},
+        "test": {k: coverage(td, tt, space, f) for k, f in variants.items()},
+        "test_curve": {
+            "levels": CURVE_LEVELS.tolist(),
+            **{k: curve(td, tt, space, f) for k, f in variants.items()},
+        },
+        "method": "widening in z = logit of the unit box about the draws' mean "
+        "(diffhmc.recalibration); intervals: 95% Wilson",
+        "machine": machine_info(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_json(args.out / "recalibration.json", res)
+    recal.save(args.out / "fitted_recalibration.json")
+    if args.ship:
+        recal.save(SHIPPED_RECALIBRATION)
+
+    fig = Figure(figsize=(11, 4.5), constrained_layout=True)
+    axes = fig.subplots(1, space.dim)
+    for ax, n in zip(axes, space.names, strict=True):
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="nominal")
+        for k in variants:
+            ax.plot(CURVE_LEVELS, res["test_curve"][k][n], "o-", ms=3, label=k)
+        for k, col in (("raw", "C0"), ("per-parameter", "C1")):
+            for lv in ("68", "95"):
+                c = res["test"][k][n]
+                ax.errorbar(
+                    int(lv) / 100,
+                    c[f"coverage_{lv}"],
+                    yerr=[
+                        [c[f"coverage_{lv}"] - c[f"ci_{lv}"][0]],
+                        [c[f"ci_{lv}"][1] - c[f"coverage_{lv}"]],
+                    ],
+                    fmt="none",
+                    ecolor=col,
+                    capsize=4,
+                )
+        ax.set_xlabel("nominal level of the equal-tailed interval")
+        ax.set_ylabel("empirical coverage (test)")
+        ax.set_title(f"{n}: {len(td)} test maps; factor {res['factors'][n]:.2f} (fit on val)")
+        ax.legend(fontsize=7)
+    save_figure(args.out / "recalibration.png", fig)
+    print(json.dumps({k: res[k] for k in ("factors", "test")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
