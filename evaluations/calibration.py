@@ -7,6 +7,7 @@ then reports:
 - coverage of the 68% and 95% equal-tailed intervals per parameter (target: within 5
   points of nominal), mean |z| and RMSE of the posterior means;
 - simulation-based-calibration ranks (fraction of draws below the truth, per parameter);
+- 95% Wilson intervals of the coverages (the binomial uncertainty of N maps);
 - expected coverage by TARP (Lemos et al. 2023): with a reference point drawn uniformly in
   the prior box, the fraction ``f`` of draws closer to it than the truth; the empirical
   coverage at credibility ``a`` is the fraction of maps with ``f < a``.
@@ -42,6 +43,7 @@ from diffhmc.fileio import save_figure, save_json
 from diffhmc.inference import InferenceConfig, infer_map
 from diffhmc.machine import machine_info
 from diffhmc.mcmc import NUTSConfig
+from diffhmc.recalibration import wilson_interval
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
     "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",
@@ -108,7 +110,28 @@ def run(args: argparse.Namespace) -> None:
             "draws": thin.tolist(),
             "seconds": time.perf_counter() - t0,
         }
+        if post.summary.get("posterior_from") == "importance_weighted":
+            # the reported posterior is the weighted exact-check draws, not the chains
+            assert post.corrected_theta is not None and post.corrected_log_weights is not None
+            rec["weighted_draws"] = post.corrected_theta.tolist()
+            rec["log_weights"] = post.corrected_log_weights.tolist()
         save_json(out / f"map_{sim:04d}.json", rec)
+
+
+def posterior_sample(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The draws ``(N, P)`` and normalised weights ``(N,)`` of the posterior a map's summary
+    reports: the chain draws (equal weights), or for an importance-weighted posterior the
+    weighted exact-check draws. The flag says whether that posterior's draws were missing
+    (records written before they were kept): then the chain draws stand in."""
+    if rec["summary"].get("posterior_from") == "importance_weighted":
+        if "weighted_draws" in rec:
+            lw = np.asarray(rec["log_weights"], dtype=np.float64)
+            w = np.exp(lw - lw.max())
+            return np.asarray(rec["weighted_draws"]), w / w.sum(), False
+        d = np.asarray(rec["draws"])
+        return d, np.full(len(d), 1.0 / len(d)), True
+    d = np.asarray(rec["draws"])
+    return d, np.full(len(d), 1.0 / len(d)), False
 
 
 def report(args: argparse.Namespace) -> None:
@@ -120,25 +143,37 @@ def report(args: argparse.Namespace) -> None:
     space = load_maps(args)[1]
     low, high = space.low, space.high
     res: dict = {"n_maps": len(recs), "parameters": {}, "machine": machine_info()}
+    # every metric uses the posterior each summary reports (posterior_sample): coverage and
+    # z from the summary, SBC ranks and TARP from that posterior's (weighted) draws
     ranks = {n: [] for n in names}
     f_tarp = []
+    stand_ins = []
     for r in recs:
-        d = np.asarray(r["draws"])
+        d, w, stand_in = posterior_sample(r)
+        if stand_in:
+            stand_ins.append(r["sim"])
         t = np.asarray(r["truth"])
         for i, n in enumerate(names):
-            ranks[n].append(float((d[:, i] < t[i]).mean()))
+            ranks[n].append(float(w[d[:, i] < t[i]].sum()))
         ref = low + rng.random(len(names)) * (high - low)
         scale = high - low
         dist_d = np.linalg.norm((d - ref) / scale, axis=1)
         dist_t = np.linalg.norm((t - ref) / scale)
-        f_tarp.append(float((dist_d < dist_t).mean()))
+        f_tarp.append(float(w[dist_d < dist_t].sum()))
+    res["importance_weighted_maps"] = [
+        r["sim"] for r in recs if r["summary"].get("posterior_from") == "importance_weighted"
+    ]
+    res["chain_draws_stand_in_for_weighted"] = stand_ins
     for n in names:
         ps = [r["summary"]["parameters"][n] for r in recs]
         mean = np.array([p["mean"] for p in ps])
         truth = np.array([p["truth"] for p in ps])
+        hits68, hits95 = sum(p["in_68"] for p in ps), sum(p["in_95"] for p in ps)
         res["parameters"][n] = {
-            "coverage_68": float(np.mean([p["in_68"] for p in ps])),
-            "coverage_95": float(np.mean([p["in_95"] for p in ps])),
+            "coverage_68": hits68 / len(ps),
+            "coverage_95": hits95 / len(ps),
+            "ci_68_wilson95": list(wilson_interval(hits68, len(ps))),
+            "ci_95_wilson95": list(wilson_interval(hits95, len(ps))),
             "mean_abs_z": float(np.mean([abs(p["z_score"]) for p in ps])),
             "rmse": float(np.sqrt(np.mean((mean - truth) ** 2))),
             "mean_std": float(np.mean([p["std"] for p in ps])),
