@@ -312,3 +312,20 @@ def test_cli_recalibrate_then_infer_with_it(
     (tmp_path / "empty").mkdir()
     code = main(["recalibrate", str(tmp_path / "empty"), "--model", str(ckpt), "--out", "x.json"])
     assert code == 2 and "no finished posteriors" in capsys.readouterr().err
+
+
+def test_cli_infer_joint_maps_share_one_run(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffhmc.cli import main
+
+    ds, ckpt = tiny_model
+    np.save(tmp_path / "two.npy", np.load(ds / "maps.npy")[:2])
+    out = tmp_path / "joint"
+    args = ["infer", str(tmp_path / "two.npy"), "--model", str(ckpt), *TINY_INFER]
+    assert main([*args, "--method", "exact", "--joint", "--out", str(out)]) == 0
+    for name in ("two_000", "two_001"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["nuts"]["joint_maps"] == 2 and summary["settings"]["method"] == "exact"
+    code = main([*args, "--joint", "--out", str(tmp_path / "bad")])  # surrogate: refused
+    assert code == 2 and "--joint runs map files with --method exact" in capsys.readouterr().err

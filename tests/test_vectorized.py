@@ -130,6 +130,8 @@ def test_joint_posteriors_of_several_maps_match_their_grids() -> None:
     assert np.abs(m[0] - m[1]).max() > 0.05
     with pytest.raises(DiffHMCError, match="method='exact'"):
         infer_maps_joint(model, dens, InferenceConfig())
+    with pytest.raises(DiffHMCError, match="truth must have 2 values"):
+        infer_maps_joint(model, dens, cfg, truths=[truths[0], [0.3]])
 
 
 def test_infer_map_exact_with_vectorized_chains_matches_its_grid() -> None:

@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "noise-aware bound (the bound starts at the matching diffusion time)",
     )
     _add_recalibration_arg(p)
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="map files only, with --method exact: all maps' chains in one lockstep NUTS "
+        "run, every step one batched network call over maps x chains (keeps a GPU busy; "
+        "no faster on a CPU)",
+    )
     _add_batch_args(p)
 
     p = _parser(
@@ -622,6 +629,10 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise DiffHMCError("--workers, --scheduler and --slurm apply to --dataset batches")
     for m in args.maps:  # before the model loads
         require_file(m, "map file")
+    if args.joint and (args.dataset is not None or args.method != "exact"):
+        raise DiffHMCError("--joint runs map files with --method exact")
+    if args.joint and getattr(args, "noise_std", 0.0) > 0:
+        raise DiffHMCError("--joint stacks plain bounds: it cannot be combined with --noise-std")
     cfg = _inference_config(args)
     cluster = _cluster_spec(args) if args.dataset is not None else None
     model = load_model(args.model, device=args.device)
@@ -634,7 +645,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         )
     else:
         out = _run_dir(args.out, "infer")
-        infer_arrays(args.maps, model, cfg, out, truth=args.truth, recal=recal)
+        infer_arrays(args.maps, model, cfg, out, truth=args.truth, recal=recal, joint=args.joint)
     return 0
 
 

@@ -28,7 +28,14 @@ from diffhmc import __version__
 from diffhmc.batch import DONE_FILE, ERROR_FILE, ClusterSpec, Job, run_jobs
 from diffhmc.errors import DiffHMCError
 from diffhmc.fileio import atomic_path, load_npy, save_figure, save_json, save_npy
-from diffhmc.inference import InferenceConfig, Posterior, infer_map, prepare_map, recalibrate
+from diffhmc.inference import (
+    InferenceConfig,
+    Posterior,
+    infer_map,
+    infer_maps_joint,
+    prepare_map,
+    recalibrate,
+)
 from diffhmc.plots_inference import corner_figure, grid_figure, trace_figure
 from diffhmc.recalibration import Recalibration
 
@@ -116,9 +123,13 @@ def infer_arrays(
     truth: Sequence[float] | None = None,
     log: Log = print,
     recal: Recalibration | None = None,
+    joint: bool = False,
 ) -> list[dict[str, Any]]:
     """Posteriors for every map in the ``.npy`` files ``paths`` (each one map or a stack),
-    one sub-folder per map, widened by ``recal`` if given; returns the summaries."""
+    one sub-folder per map, widened by ``recal`` if given; returns the summaries.
+
+    ``joint``: all maps' chains in ONE lockstep NUTS run on the exact bound, every step one
+    batched network call (:func:`diffhmc.inference.infer_maps_joint`; for a GPU)."""
     names = list(model.space.names)
     stacks = [(p, _maps_of(p)) for p in paths]  # check every file before the first posterior
     for p, m in stacks:
@@ -127,27 +138,33 @@ def infer_arrays(
                 prepare_map(x, model)
             except DiffHMCError as exc:
                 raise DiffHMCError(f"{p} map {i}: {exc}") from None
-    results: list[dict[str, Any]] = []
-    n_total = sum(len(m) for _, m in stacks)
     t_arr = (
         None if truth is None else model.space.check(np.asarray(truth, dtype=np.float64), "truth")
     )
-    for p, m in stacks:
-        for i, x in enumerate(m):
-            name = p.stem if len(m) == 1 else f"{p.stem}_{i:03d}"
-            log(f"posterior for {p} map {i} ({len(results) + 1} of {n_total})")
+    items = [
+        (p, i, x, p.stem if len(m) == 1 else f"{p.stem}_{i:03d}")
+        for p, m in stacks
+        for i, x in enumerate(m)
+    ]
+    if joint:
+        log(f"{len(items)} maps x {cfg.nuts.n_chains} chains in one lockstep NUTS run")
+        posts = infer_maps_joint(
+            model, [x for _, _, x, _ in items], cfg, [t_arr] * len(items), True, log
+        )
+    results: list[dict[str, Any]] = []
+    for k, (p, i, x, name) in enumerate(items):
+        if joint:
+            post = posts[k]
+        else:
+            log(f"posterior for {p} map {i} ({k + 1} of {len(items)})")
             post = infer_map(model, x, cfg, truth=t_arr, progress=True, log=log)
-            if recal is not None:
-                post = recalibrate(post, recal, model, t_arr)
-            save_posterior(
-                post,
-                out / name,
-                names,
-                t_arr,
-                {"source": str(p), "index": i, "model": model.source},
-            )
-            log(format_posterior(post.summary, names))
-            results.append(post.summary)
+        if recal is not None:
+            post = recalibrate(post, recal, model, t_arr)
+        extra = {"source": str(p), "index": i, "model": model.source}
+        save_posterior(post, out / name, names, t_arr, extra)
+        log(f"{name}:")
+        log(format_posterior(post.summary, names))
+        results.append(post.summary)
     return results
 
 

@@ -431,9 +431,7 @@ def infer_map(
     cfg = cfg or InferenceConfig()
     say = log or (lambda _m: None)
     names = list(model.space.names)
-    truth_arr = None if truth is None else np.asarray(truth, dtype=np.float64)
-    if truth_arr is not None and truth_arr.shape != (len(names),):
-        raise DiffHMCError(f"truth must have {len(names)} values {names}, got {truth_arr.shape}")
+    truth_arr = _truth_array(truth, names)
     t0 = time.perf_counter()
     like, cheap, z_design, y_design = _located(model, density, cfg, say)
     potential = Potential(like, model.space)
@@ -454,6 +452,16 @@ def infer_map(
         )
     rows = like.rows + (cheap.rows if cheap is not like else 0)
     return _finish(post, like, cfg, names, truth_arr, timings, t0, rows_locate, rows, say)
+
+
+def _truth_array(truth: Sequence[float] | None, names: list[str]) -> np.ndarray | None:
+    """``truth`` as a ``(P,)`` float array (``None`` stays ``None``), or a clear error."""
+    if truth is None:
+        return None
+    arr = np.asarray(truth, dtype=np.float64)
+    if arr.shape != (len(names),):
+        raise DiffHMCError(f"truth must have {len(names)} values {names}, got shape {arr.shape}")
+    return arr
 
 
 def _located(
@@ -635,6 +643,7 @@ def infer_maps_joint(
         raise DiffHMCError(f"got {n} maps but {len(truths_list)} truths")
     say = log or (lambda _m: None)
     names = list(model.space.names)
+    truth_arrs = [_truth_array(t, names) for t in truths_list]  # before any network call
     t0 = time.perf_counter()
     likes: list[MapLikelihood] = []
     designs, inits = [], []
@@ -667,7 +676,7 @@ def infer_maps_joint(
     out = []
     c = cfg.nuts.n_chains
     for i in range(n):
-        truth = None if truths_list[i] is None else np.asarray(truths_list[i], dtype=np.float64)
+        truth = truth_arrs[i]
         z_design, y_design = designs[i]
         chains = slice(i * c, (i + 1) * c)
         post = _chain_posterior(res, chains, potential.transform, names, truth, z_design, y_design)
