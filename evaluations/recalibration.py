@@ -8,8 +8,9 @@ maps), and the coverage curve over levels 5-95%, for: the raw posteriors, one gl
 ``sqrt(T)`` with the temperature ``T`` of ``evaluations/tempering.py``, and the fitted
 per-parameter factors. No network calls: it reads the runs' draws.
 
-``--ship`` also writes the fitted file to ``src/diffhmc/models/`` (what
-``diffhmc infer --recalibration shipped`` uses).
+``--ship`` also writes the fitted file to ``src/diffhmc/models/`` as
+``default_recalibration_k{K}m{M}.json`` (what ``diffhmc infer --recalibration shipped``
+uses at those settings).
 
     python evaluations/recalibration.py --val evaluations/results/calibration_val \
         --test evaluations/results/calibration_v2 \
@@ -32,11 +33,11 @@ from diffhmc.fileio import load_json, save_figure, save_json
 from diffhmc.machine import machine_info
 from diffhmc.prior import ParamSpace
 from diffhmc.recalibration import (
-    SHIPPED_RECALIBRATION,
     bound_settings,
     coverage,
     file_sha256,
     fit_recalibration,
+    shipped_path,
     widen,
 )
 
@@ -91,7 +92,9 @@ def main() -> None:
     ap.add_argument("--test", type=Path, required=True, help="calibration run on the test split")
     ap.add_argument("--tempering", type=Path, default=None, help="tempering.json (global T)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--ship", action="store_true", help=f"also write {SHIPPED_RECALIBRATION}")
+    ap.add_argument(
+        "--ship", action="store_true", help="also write the shipped file for these settings"
+    )
     args = ap.parse_args()
     space = ParamSpace.camels()
     vd, vt, vset, v_out = load_run(args.val)
@@ -125,7 +128,7 @@ def main() -> None:
     save_json(args.out / "recalibration.json", res)
     recal.save(args.out / "fitted_recalibration.json")
     if args.ship:
-        recal.save(SHIPPED_RECALIBRATION)
+        recal.save(shipped_path(vset))
 
     fig = Figure(figsize=(11, 4.5), constrained_layout=True)
     axes = fig.subplots(1, space.dim)

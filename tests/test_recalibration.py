@@ -139,12 +139,21 @@ def test_recalibration_checks_names_model_and_settings(tmp_path: Path) -> None:
 
 def test_shipped_recalibration_matches_the_shipped_model() -> None:
     from diffhmc.checkpoint import DEFAULT_MODEL
-    from diffhmc.recalibration import SHIPPED_RECALIBRATION, file_sha256
+    from diffhmc.recalibration import SHIPPED_DIR, file_sha256, shipped_recalibration
 
-    r = load_recalibration(SHIPPED_RECALIBRATION)
-    assert r.model_sha256 == file_sha256(DEFAULT_MODEL)
-    assert r.settings["timesteps"] == [0, 1, 2, 3, 4] and r.settings["n_draws"] == 1
-    assert all(1.0 < s < 2.0 for s in r.factors)
+    files = sorted(SHIPPED_DIR.glob("default_recalibration_k*m*.json"))
+    assert files
+    for f in files:
+        r = load_recalibration(f)
+        assert r.model_sha256 == file_sha256(DEFAULT_MODEL)
+        assert shipped_recalibration(r.settings) == f  # found by its own settings
+        assert all(1.0 < s < 2.0 for s in r.factors)
+    k5 = {**SETTINGS, "timesteps": list(range(5))}
+    assert shipped_recalibration(k5).name == "default_recalibration_k5m1.json"
+    with pytest.raises(DiffHMCError, match="no shipped recalibration"):
+        shipped_recalibration({**k5, "n_draws": 7})
+    with pytest.raises(DiffHMCError, match="no shipped recalibration"):
+        shipped_recalibration({**k5, "temperature": 1.6})
 
 
 def test_recalibrate_posterior_widens_draws_and_recomputes_the_summary(tmp_path: Path) -> None:

@@ -504,9 +504,8 @@ def _add_recalibration_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="widen the posteriors by per-parameter factors fitted on validation "
-        "simulations (`diffhmc recalibrate`); 'shipped': the one fitted for the shipped "
-        "model at --timesteps 5 --draws 1 (README: calibration). Refused for other "
-        "settings or models",
+        "simulations (`diffhmc recalibrate`); 'shipped': the shipped model's file for these "
+        "settings (README: calibration). Refused for other settings or models",
     )
 
 
@@ -514,11 +513,14 @@ def _load_recalibration(args: argparse.Namespace, model: Any, cfg: Any) -> Any:
     """The --recalibration file (or None), checked against the model and settings before
     any posterior runs."""
     from diffhmc.inference import model_sha256
-    from diffhmc.recalibration import SHIPPED_RECALIBRATION, load_recalibration
+    from diffhmc.recalibration import load_recalibration, shipped_recalibration
 
     if args.recalibration is None:
         return None
-    path = SHIPPED_RECALIBRATION if args.recalibration == "shipped" else Path(args.recalibration)
+    shipped = args.recalibration == "shipped"
+    if shipped and args.model is not None:
+        raise DiffHMCError("--recalibration shipped is for the shipped model; drop --model")
+    path = shipped_recalibration(cfg.to_dict()) if shipped else Path(args.recalibration)
     recal = load_recalibration(path)
     recal.check(list(model.space.names), cfg.to_dict(), model_sha256(model.source))
     return recal

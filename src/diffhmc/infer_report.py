@@ -427,6 +427,8 @@ def load_batch_posteriors(
     from diffhmc.diagnostics import load_inference_data
     from diffhmc.fileio import load_json
 
+    if not Path(run).is_dir():
+        raise DiffHMCError(f"run folder not found: {run}")
     folders = sorted(f.parent for f in Path(run).glob(f"*/{DONE_FILE}"))
     if not folders:
         raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")

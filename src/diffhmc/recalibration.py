@@ -47,7 +47,7 @@ from diffhmc.prior import ParamSpace
 __all__ = [
     "LEVELS",
     "SETTING_KEYS",
-    "SHIPPED_RECALIBRATION",
+    "SHIPPED_DIR",
     "Recalibration",
     "bound_settings",
     "coverage",
@@ -55,6 +55,8 @@ __all__ = [
     "fit_recalibration",
     "fit_widening",
     "load_recalibration",
+    "shipped_path",
+    "shipped_recalibration",
     "widen",
     "wilson_interval",
 ]
@@ -67,9 +69,39 @@ SETTING_KEYS = ("timesteps", "full_bound", "n_draws", "noise_std", "temperature"
 recalibration applies only to posteriors with the same values. The method (surrogate or
 exact), the sampler and the seeds target the same posterior and are not compared."""
 FORMAT = "diffhmc-recalibration"
-SHIPPED_RECALIBRATION = Path(__file__).parent / "models" / "default_recalibration_k5m1.json"
-"""Fitted for the shipped model at K = 5, M = 1 on 40 validation simulations
-(``evaluations/recalibration.py``)."""
+SHIPPED_DIR = Path(__file__).parent / "models"
+"""Where the recalibrations of the shipped model live, one file per bound setting:
+``default_recalibration_k{K}m{M}.json`` (first ``K`` timesteps, ``M`` noise draws; fitted by
+``evaluations/recalibration.py --ship``)."""
+
+
+def shipped_recalibration(settings: dict[str, Any]) -> Path:
+    """The shipped model's recalibration file for these inference settings, or a clear
+    error naming the settings that have one."""
+    b = bound_settings(settings)
+    ts = b["timesteps"]
+    have = sorted(p.name for p in SHIPPED_DIR.glob("default_recalibration_k*m*.json"))
+    plain = b["full_bound"] == 0 and b["noise_std"] == 0.0 and b["temperature"] == 1.0
+    if plain and ts is not None and ts == list(range(len(ts))):
+        path = SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
+        if path.is_file():
+            return path
+    raise DiffHMCError(
+        "no shipped recalibration for these settings (timesteps "
+        f"{ts if ts is None or len(ts) < 8 else f'0..{len(ts) - 1}'}, draws {b['n_draws']}, "
+        f"full_bound {b['full_bound']}, noise_std {b['noise_std']}, temperature "
+        f"{b['temperature']}); shipped: {have} (kKmM: --timesteps K --draws M); or fit one "
+        "with `diffhmc recalibrate`"
+    )
+
+
+def shipped_path(settings: dict[str, Any]) -> Path:
+    """Where ``evaluations/recalibration.py --ship`` writes the file for ``settings``."""
+    b = bound_settings(settings)
+    ts = b["timesteps"]
+    if ts is None or ts != list(range(len(ts))) or b["full_bound"] or b["noise_std"]:
+        raise DiffHMCError("shipped recalibrations are for the first K timesteps, no noise")
+    return SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
 
 
 def _unit_z(theta: np.ndarray, space: ParamSpace) -> np.ndarray:
