@@ -659,7 +659,7 @@ def _run_recalibrate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     names = list(model.space.names)
-    draws, truths, settings = load_batch_posteriors(args.run, names)
+    draws, truths, settings, left_out = load_batch_posteriors(args.run, names)
     recal = fit_recalibration(
         draws,
         truths,
@@ -668,9 +668,12 @@ def _run_recalibrate(args: argparse.Namespace) -> int:
         model_sha256(model.source),
         source=str(args.run),
     )
+    recal.fitted_on["left_out_importance_weighted"] = left_out
     recal.save(args.out)
     before, after = recal.fitted_on["coverage_before"], recal.fitted_on["coverage_after"]
     print(f"fitted on {len(draws)} posteriors of {args.run}:")
+    if left_out:
+        print(f"  left out (importance-weighted posteriors): {', '.join(left_out)}")
     for n, s in zip(names, recal.factors, strict=True):
         b, a = before[n], after[n]
         print(

@@ -419,11 +419,12 @@ def inference_demo(
 
 def load_batch_posteriors(
     run: Path, names: Sequence[str]
-) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[str]]:
     """The finished posteriors of a ``diffhmc infer --dataset`` run folder, to fit a
     recalibration on: draws ``(C, S, P)`` per map (from ``posterior.nc``), truths
-    ``(N, P)`` and the common settings. Refuses maps without a truth, with other settings,
-    already recalibrated, or importance-weighted (their chain draws are not the posterior)."""
+    ``(N, P)``, the common settings, and the maps left out because their posterior is
+    importance-weighted (their chain draws are not that posterior). Refuses maps without a
+    truth, with other settings, or already recalibrated."""
     from diffhmc.diagnostics import load_inference_data
     from diffhmc.fileio import load_json
 
@@ -432,7 +433,7 @@ def load_batch_posteriors(
     folders = sorted(f.parent for f in Path(run).glob(f"*/{DONE_FILE}"))
     if not folders:
         raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")
-    draws, truths, settings = [], [], None
+    draws, truths, settings, left_out = [], [], None, []
     for f in folders:
         sm = load_json(f / DONE_FILE, "posterior summary")
         params = sm.get("parameters", {})
@@ -443,10 +444,8 @@ def load_batch_posteriors(
         if "recalibration" in sm:
             raise DiffHMCError(f"{f}: already recalibrated; fit on raw posteriors")
         if sm.get("posterior_from") == "importance_weighted":
-            raise DiffHMCError(
-                f"{f}: the posterior is importance-weighted (the surrogate missed the bound), "
-                "so its chain draws are not the posterior; rerun that map with --method exact"
-            )
+            left_out.append(f.name)
+            continue
         if settings is None:
             settings = sm["settings"]
         elif sm["settings"] != settings:
@@ -454,5 +453,6 @@ def load_batch_posteriors(
         idata = load_inference_data(f / "posterior.nc")
         draws.append(np.stack([np.asarray(idata.posterior[n]) for n in names], axis=-1))
         truths.append([params[n]["truth"] for n in names])
-    assert settings is not None
-    return draws, np.asarray(truths, dtype=np.float64), settings
+    if settings is None:
+        raise DiffHMCError(f"every posterior in {run} is importance-weighted: nothing to fit")
+    return draws, np.asarray(truths, dtype=np.float64), settings, left_out

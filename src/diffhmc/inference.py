@@ -563,7 +563,7 @@ def recalibrate(
     """
     names = list(model.space.names)
     recal.check(names, post.summary["settings"], model_sha256(model.source))
-    truth_arr = None if truth is None else np.asarray(truth, dtype=np.float64)
+    truth_arr = _truth_array(truth, names)
     theta = recal.apply(post.theta, model.space)
     summary = {**post.summary, **summarize_draws(theta, names, post.diverging, truth_arr)}
     summary["warnings"] = list(post.summary.get("warnings", []))
