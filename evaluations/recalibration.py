@@ -37,8 +37,10 @@ from diffhmc.recalibration import (
     coverage,
     file_sha256,
     fit_recalibration,
+    fit_widening,
     shipped_path,
     widen,
+    wilson_interval,
 )
 
 CURVE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -66,21 +68,54 @@ def load_run(folder: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]
     return draws, truths, bound_settings(settings), weighted
 
 
-def curve(
-    draws: list[np.ndarray], truths: np.ndarray, space: ParamSpace, factors: np.ndarray
-) -> dict[str, list[float]]:
-    """Per parameter: coverage of the equal-tailed intervals at each of ``CURVE_LEVELS``."""
-    out: dict[str, list[float]] = {}
-    w = [widen(d, factors, space) for d in draws]
-    for i, n in enumerate(space.names):
-        cov = []
-        for lv in CURVE_LEVELS:
-            hits = [
-                np.quantile(d[:, i], (1 - lv) / 2) <= t[i] <= np.quantile(d[:, i], (1 + lv) / 2)
-                for d, t in zip(w, truths, strict=True)
-            ]
-            cov.append(float(np.mean(hits)))
-        out[n] = cov
+def evaluate(
+    draws: list[np.ndarray],
+    truths: np.ndarray,
+    space: ParamSpace,
+    factors: list[np.ndarray],
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
+    """Coverage of posteriors ``draws[k]`` each widened by its own ``factors[k] (P,)``: per
+    parameter the 68/95% coverage with Wilson intervals (as :func:`coverage`), and the
+    coverage curve at ``CURVE_LEVELS``."""
+    per_map = [
+        coverage([d], t[None], space, f) for d, t, f in zip(draws, truths, factors, strict=True)
+    ]
+    n = len(draws)
+    cov: dict[str, dict[str, Any]] = {}
+    curves: dict[str, list[float]] = {}
+    widened = [widen(d, f, space) for d, f in zip(draws, factors, strict=True)]
+    for i, name in enumerate(space.names):
+        entry: dict[str, Any] = {"n": n}
+        for lv in ("68", "95"):
+            hits = int(sum(m[name][f"coverage_{lv}"] for m in per_map))
+            entry[f"coverage_{lv}"] = hits / n
+            entry[f"ci_{lv}"] = list(wilson_interval(hits, n))
+        entry["mean_abs_z"] = float(np.mean([m[name]["mean_abs_z"] for m in per_map]))
+        cov[name] = entry
+        curves[name] = [
+            float(
+                np.mean(
+                    [
+                        np.quantile(w[:, i], (1 - lv) / 2)
+                        <= t[i]
+                        <= np.quantile(w[:, i], (1 + lv) / 2)
+                        for w, t in zip(widened, truths, strict=True)
+                    ]
+                )
+            )
+            for lv in CURVE_LEVELS
+        ]
+    return cov, curves
+
+
+def leave_one_out(
+    draws: list[np.ndarray], truths: np.ndarray, space: ParamSpace
+) -> list[np.ndarray]:
+    """Per map, the factors fitted on all the OTHER maps (cross-validated recalibration)."""
+    out = []
+    for k in range(len(draws)):
+        keep = [j for j in range(len(draws)) if j != k]
+        out.append(fit_widening([draws[j] for j in keep], truths[keep], space))
     return out
 
 
@@ -89,7 +124,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--val", type=Path, required=True, help="calibration run on the val split")
-    ap.add_argument("--test", type=Path, required=True, help="calibration run on the test split")
+    ap.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        help="calibration run on the test split (none: leave-one-out on the val run)",
+    )
     ap.add_argument("--tempering", type=Path, default=None, help="tempering.json (global T)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
@@ -98,9 +138,6 @@ def main() -> None:
     args = ap.parse_args()
     space = ParamSpace.camels()
     vd, vt, vset, v_out = load_run(args.val)
-    td, tt, tset, t_out = load_run(args.test)
-    if vset != tset:
-        raise SystemExit(f"val and test runs differ in settings: {vset} vs {tset}")
     recal = fit_recalibration(
         vd, vt, space, vset, file_sha256(DEFAULT_MODEL), source=f"{args.val} (val split)"
     )
@@ -113,17 +150,30 @@ def main() -> None:
         "factors": dict(zip(space.names, recal.factors, strict=True)),
         "settings": vset,
         "fitted_on": {"folder": str(args.val), "n_maps": len(vd), "left_out_sims": v_out},
-        "tested_on": {"folder": str(args.test), "n_maps": len(td), "left_out_sims": t_out},
         "val": {k: coverage(vd, vt, space, f) for k, f in variants.items()},
-        "test": {k: coverage(td, tt, space, f) for k, f in variants.items()},
-        "test_curve": {
-            "levels": CURVE_LEVELS.tolist(),
-            **{k: curve(td, tt, space, f) for k, f in variants.items()},
-        },
         "method": "widening in z = logit of the unit box about the draws' mean "
         "(diffhmc.recalibration); intervals: 95% Wilson",
         "machine": machine_info(),
     }
+    held: dict[str, Any] = {}  # label -> (coverage, curve) on maps not used to fit
+    if args.test is not None:
+        td, tt, tset, t_out = load_run(args.test)
+        if vset != tset:
+            raise SystemExit(f"val and test runs differ in settings: {vset} vs {tset}")
+        res["tested_on"] = {"folder": str(args.test), "n_maps": len(td), "left_out_sims": t_out}
+        for k, f in variants.items():
+            held[f"test, {k}"] = evaluate(td, tt, space, [f] * len(td))
+        title = f"{len(td)} test maps"
+    else:
+        loo = leave_one_out(vd, vt, space)
+        held["val leave-one-out, raw"] = evaluate(vd, vt, space, [variants["raw"]] * len(vd))
+        held["val leave-one-out, per-parameter"] = evaluate(vd, vt, space, loo)
+        res["leave_one_out_factors"] = {
+            n: [float(f[i]) for f in loo] for i, n in enumerate(space.names)
+        }
+        title = f"{len(vd)} val maps, each recalibrated by a fit on the others"
+    res["held_out"] = {k: v[0] for k, v in held.items()}
+    res["held_out_curve"] = {"levels": CURVE_LEVELS.tolist(), **{k: v[1] for k, v in held.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(args.out / "recalibration.json", res)
     recal.save(args.out / "fitted_recalibration.json")
@@ -134,28 +184,25 @@ def main() -> None:
     axes = fig.subplots(1, space.dim)
     for ax, n in zip(axes, space.names, strict=True):
         ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="nominal")
-        for k in variants:
-            ax.plot(CURVE_LEVELS, res["test_curve"][k][n], "o-", ms=3, label=k)
-        for k, col in (("raw", "C0"), ("per-parameter", "C1")):
+        for j, (k, (cov, curves)) in enumerate(held.items()):
+            ax.plot(CURVE_LEVELS, curves[n], "o-", ms=3, color=f"C{j}", label=k)
             for lv in ("68", "95"):
-                c = res["test"][k][n]
+                c = cov[n]
+                v = c[f"coverage_{lv}"]
                 ax.errorbar(
-                    int(lv) / 100,
-                    c[f"coverage_{lv}"],
-                    yerr=[
-                        [c[f"coverage_{lv}"] - c[f"ci_{lv}"][0]],
-                        [c[f"ci_{lv}"][1] - c[f"coverage_{lv}"]],
-                    ],
+                    int(lv) / 100 + 0.005 * j,
+                    v,
+                    yerr=[[v - c[f"ci_{lv}"][0]], [c[f"ci_{lv}"][1] - v]],
                     fmt="none",
-                    ecolor=col,
-                    capsize=4,
+                    ecolor=f"C{j}",
+                    capsize=3,
                 )
         ax.set_xlabel("nominal level of the equal-tailed interval")
-        ax.set_ylabel("empirical coverage (test)")
-        ax.set_title(f"{n}: {len(td)} test maps; factor {res['factors'][n]:.2f} (fit on val)")
+        ax.set_ylabel("empirical coverage (held out; bars: 95% Wilson)")
+        ax.set_title(f"{n}: {title}; factor {res['factors'][n]:.2f} (all val)", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(args.out / "recalibration.png", fig)
-    print(json.dumps({k: res[k] for k in ("factors", "test")}, indent=1))
+    print(json.dumps({k: res[k] for k in ("factors", "held_out")}, indent=1))
 
 
 if __name__ == "__main__":
