@@ -29,11 +29,11 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffhmc.errors import DiffHMCError, check_int_fields
+from diffhmc.errors import DiffHMCError, check_int_fields, check_known_keys
 from diffhmc.fileio import save_json
 
 DONE_FILE = "summary.json"
@@ -105,10 +105,7 @@ class SlurmSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlurmSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(f"unknown slurm setting(s) {unknown}; valid: {sorted(known)}")
+        check_known_keys(cls, d, "slurm setting")
         try:
             return cls(**d)
         except TypeError as exc:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -39,23 +39,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffhmc.augment import random_dihedral
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_float_fields, check_int_fields, check_known_keys
 
 __all__ = ["CNNConfig", "MomentNet", "moment_loss", "train_epoch", "evaluate_loss", "predict"]
 
 SIGMA_FLOOR = 1e-4
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DiffHMCError(f"CNN setting {name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_float(name: str, value: Any, low: float, high: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DiffHMCError(f"CNN setting {name} must be a number, got {value!r}")
-    if not (low <= float(value) <= high) or not math.isfinite(float(value)):
-        raise DiffHMCError(f"CNN setting {name} must lie in [{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -81,18 +69,14 @@ class CNNConfig:
     """Stop after the first epoch that ends past this wall time (0: no limit)."""
 
     def __post_init__(self) -> None:
-        for name in ("width", "max_width", "n_down", "convs_per_block", "head_hidden"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("epochs", "batch_size", "patience"):
-            _check_int(name, getattr(self, name), 1)
+        names = ("width", "max_width", "n_down", "convs_per_block", "head_hidden", "epochs")
+        check_int_fields(self, dict.fromkeys((*names, "batch_size", "patience"), 1), "CNN setting")
         if self.batch_size < 2:
             raise DiffHMCError("CNN setting batch_size must be >= 2 (the moment loss sums a batch)")
         if self.max_width < self.width:
             raise DiffHMCError(f"max_width ({self.max_width}) must be >= width ({self.width})")
-        _check_float("dropout", self.dropout, 0.0, 0.9)
-        _check_float("lr", self.lr, 1e-8, 1.0)
-        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_float("time_limit_s", self.time_limit_s, 0.0)
+        bounds = {"dropout": (0.0, 0.9), "lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0)}
+        check_float_fields(self, bounds | {"time_limit_s": (0.0, math.inf)}, "CNN setting")
         if not isinstance(self.augment, bool):
             raise DiffHMCError(f"CNN setting augment must be true or false, got {self.augment!r}")
 
@@ -102,10 +86,7 @@ class CNNConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
         """Build from a dict, with a clear error for unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(f"unknown CNN setting(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, d, "CNN setting")
         return cls(**d)
 
 

@@ -6,7 +6,10 @@ problem and the offending value; the CLI turns it into ``error: ...`` and exit c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +28,27 @@ def check_int_fields(obj: object, minimums: dict[str, int], label: str = "settin
         v = getattr(obj, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise DiffHMCError(f"{label} {name} must be an integer >= {low}, got {v!r}")
+
+
+def check_known_keys(cls: type, d: dict[str, Any], label: str) -> None:
+    """Raise unless every key of ``d`` names a field of the dataclass ``cls``; the message
+    reads ``"unknown {label}(s) [...]; valid: [...]"``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise DiffHMCError(f"unknown {label}(s) {unknown}; valid: {sorted(known)}")
+
+
+def check_float_fields(
+    obj: object, bounds: dict[str, tuple[float, float]], label: str = "setting"
+) -> None:
+    """Raise unless each attribute ``name`` of ``obj`` is a finite number (not a bool) in
+    ``[low, high]`` (``high`` may be ``inf``); the message names the field and the range."""
+    for name, (low, high) in bounds.items():
+        v = getattr(obj, name)
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not ok or not low <= float(v) <= high:
+            raise DiffHMCError(f"{label} {name} must be a number in [{low}, {high}], got {v!r}")
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffhmc.errors import DiffHMCError, check_finite, check_square_maps
+from diffhmc.errors import DiffHMCError, check_finite, check_known_keys, check_square_maps
 from diffhmc.prior import ParamSpace
 
 __all__ = ["GaussianFieldFamily"]
@@ -231,10 +231,7 @@ class GaussianFieldFamily:
         """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys raise."""
         if not isinstance(d, dict):
             raise DiffHMCError(f"Gaussian family config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DiffHMCError(f"unknown Gaussian family config key(s): {sorted(unknown)}")
+        check_known_keys(cls, d, "Gaussian family config key")
         kwargs = dict(d)
         if "param_space" in kwargs and not isinstance(kwargs["param_space"], ParamSpace):
             ps = kwargs["param_space"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ import zuko
 from torch import nn
 
 from diffhmc.dataset import Normalization
-from diffhmc.errors import DiffHMCError, check_int_fields
+from diffhmc.errors import DiffHMCError, check_float_fields, check_int_fields, check_known_keys
 from diffhmc.stats import power_spectrum
 
 __all__ = [
@@ -89,28 +89,15 @@ class NPEConfig:
         minimums = {"transforms": 1, "hidden": 2, "hidden_layers": 1, "n_bins": 0, "epochs": 1}
         minimums |= {"batch_size": 2, "patience": 1, "n_samples": 10}
         check_int_fields(self, minimums, "NPE setting")
-        for name, lo, hi in (
-            ("lr", 1e-8, 1.0),
-            ("weight_decay", 0.0, 1.0),
-            ("logit_eps", 1e-12, 0.1),
-            ("time_limit_s", 0.0, math.inf),
-        ):
-            v = getattr(self, name)
-            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-            if not ok or not lo <= float(v) <= hi:
-                raise DiffHMCError(
-                    f"NPE setting {name} must be a number in [{lo}, {hi}], got {v!r}"
-                )
+        bounds = {"lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0), "logit_eps": (1e-12, 0.1)}
+        check_float_fields(self, bounds | {"time_limit_s": (0.0, math.inf)}, "NPE setting")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NPEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(f"unknown NPE setting(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, d, "NPE setting")
         return cls(**d)
 
 

@@ -33,13 +33,13 @@ beta clipped at 0.999; ``beta_start``/``beta_end``/``ramp_end`` are not used.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_known_keys
 
 SCHEDULE_KINDS = ("paper", "linear", "cosine")
 _DEFAULT_BETA_END = {"paper": 0.01, "linear": 0.02, "cosine": 0.02}
@@ -97,12 +97,7 @@ class ScheduleConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScheduleConfig:
         """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(
-                f"unknown ScheduleConfig key(s) {unknown}; valid keys: {sorted(known)}"
-            )
+        check_known_keys(cls, d, "ScheduleConfig key")
         return cls(**d)
 
 

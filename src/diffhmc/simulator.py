@@ -18,13 +18,13 @@ log10, while dense regions keep the full CIC resolution.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from diffhmc.cosmology import RHO_CRIT, Cosmology
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_known_keys
 from diffhmc.pm import cic_paint, gravity, lattice, lpt_displacements
 from diffhmc.prior import ParamSpace
 
@@ -88,10 +88,7 @@ class SimConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SimConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DiffHMCError(f"unknown simulation config key(s): {sorted(unknown)}")
+        check_known_keys(cls, d, "simulation config key")
         d = dict(d)
         if "smoothing_ladder" in d:
             d["smoothing_ladder"] = tuple(float(v) for v in d["smoothing_ladder"])

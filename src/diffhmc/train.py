@@ -38,7 +38,7 @@ from diffhmc import __version__
 from diffhmc.augment import dihedral
 from diffhmc.checkpoint import read_checkpoint, save_checkpoint
 from diffhmc.dataset import Dataset, load_dataset
-from diffhmc.errors import DiffHMCError
+from diffhmc.errors import DiffHMCError, check_known_keys
 from diffhmc.fileio import save_json
 from diffhmc.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.unet import UNet, UNetConfig
@@ -114,10 +114,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(f"unknown training config key(s): {unknown}")
+        check_known_keys(cls, d, "training config key")
         d = dict(d)
         if isinstance(d.get("model"), dict):
             d["model"] = UNetConfig.from_dict(d["model"])

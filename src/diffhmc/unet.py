@@ -24,14 +24,14 @@ The default (base 32, mults (1, 2, 4)) has 3,618,113 parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffhmc.errors import DiffHMCError, check_int_fields
+from diffhmc.errors import DiffHMCError, check_int_fields, check_known_keys
 
 ATTN_HEADS = 4
 ATTN_DIM_HEAD = 32
@@ -98,10 +98,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
         """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffHMCError(f"unknown UNetConfig key(s) {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, d, "UNetConfig key")
         d = dict(d)
         for key in ("channel_mults", "attention_levels"):
             if key in d:
