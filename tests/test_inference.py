@@ -237,6 +237,10 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
     stamp = done.stat().st_mtime_ns
     assert main([*dargs, *TINY_INFER, *flags, "--out", str(dout)]) == 0
     assert done.stat().st_mtime_ns == stamp
+    # resuming with other settings would mix posteriors in one table: refused
+    other = ["--temperature", "2.0", "--separate-chains"]
+    assert main([*dargs, *TINY_INFER, *other, "--out", str(dout)]) == 2
+    assert done.stat().st_mtime_ns == stamp
 
 
 def test_cli_infer_bad_input(

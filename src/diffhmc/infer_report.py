@@ -252,6 +252,24 @@ def _save_table(out: Path, table: list[dict[str, Any]]) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def _check_resume(out: Path, cfg: InferenceConfig, recal: Recalibration | None) -> None:
+    """Refuse to resume a batch folder whose finished posteriors used other settings or
+    another recalibration: the table would mix them."""
+    from diffhmc.fileio import json_normalise, load_json
+
+    want = json_normalise(cfg.to_dict())
+    factors = None if recal is None else list(recal.factors)
+    for done in sorted(out.glob(f"*/{DONE_FILE}")):
+        sm = load_json(done, "posterior summary")
+        got = sm.get("recalibration", {}).get("factors")
+        got = None if got is None else list(got.values())
+        if sm.get("settings") != want or got != factors:
+            raise DiffHMCError(
+                f"{out} holds posteriors made with other settings or recalibration "
+                f"({done.parent.name}); resume with the same options or use a new --out"
+            )
+
+
 def infer_dataset(
     dataset: Path,
     split: str,
@@ -315,6 +333,7 @@ def infer_dataset(
             "device": str(next(model.net.parameters()).device),
             "use_ema": bool(getattr(model, "used_ema", True)),
         }
+    _check_resume(out, cfg, recal)
     jobs = []
     for row, sim in picks:
         name = f"sim{sim:04d}_map{row:06d}"
