@@ -655,7 +655,7 @@ def _run_recalibrate(args: argparse.Namespace) -> int:
     from diffhmc.checkpoint import load_model
     from diffhmc.infer_report import load_batch_posteriors
     from diffhmc.inference import model_sha256
-    from diffhmc.recalibration import bound_settings, fit_recalibration
+    from diffhmc.recalibration import fit_recalibration
 
     model = load_model(args.model)
     names = list(model.space.names)
@@ -664,11 +664,11 @@ def _run_recalibrate(args: argparse.Namespace) -> int:
         draws,
         truths,
         model.space,
-        bound_settings(settings),
+        settings,
         model_sha256(model.source),
         source=str(args.run),
+        left_out=left_out,
     )
-    recal.fitted_on["left_out_importance_weighted"] = left_out
     recal.save(args.out)
     before, after = recal.fitted_on["coverage_before"], recal.fitted_on["coverage_after"]
     print(f"fitted on {len(draws)} posteriors of {args.run}:")

@@ -75,17 +75,24 @@ SHIPPED_DIR = Path(__file__).parent / "models"
 ``evaluations/recalibration.py --ship``)."""
 
 
+def _shipped_name(b: dict[str, Any]) -> Path | None:
+    """The shipped file's path for :func:`bound_settings` ``b``, or ``None`` when ``b`` is
+    not the first K timesteps of a plain bound (no full-bound estimate, no noise)."""
+    ts = b["timesteps"]
+    if ts is None or ts != list(range(len(ts))) or b["full_bound"] or b["noise_std"]:
+        return None
+    return SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
+
+
 def shipped_recalibration(settings: dict[str, Any]) -> Path:
     """The shipped model's recalibration file for these inference settings, or a clear
     error naming the settings that have one."""
     b = bound_settings(settings)
     ts = b["timesteps"]
     have = sorted(p.name for p in SHIPPED_DIR.glob("default_recalibration_k*m*.json"))
-    plain = b["full_bound"] == 0 and b["noise_std"] == 0.0 and b["temperature"] == 1.0
-    if plain and ts is not None and ts == list(range(len(ts))):
-        path = SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
-        if path.is_file():
-            return path
+    path = _shipped_name(b)
+    if path is not None and b["temperature"] == 1.0 and path.is_file():
+        return path
     raise DiffHMCError(
         "no shipped recalibration for these settings (timesteps "
         f"{ts if ts is None or len(ts) < 8 else f'0..{len(ts) - 1}'}, draws {b['n_draws']}, "
@@ -97,11 +104,10 @@ def shipped_recalibration(settings: dict[str, Any]) -> Path:
 
 def shipped_path(settings: dict[str, Any]) -> Path:
     """Where ``evaluations/recalibration.py --ship`` writes the file for ``settings``."""
-    b = bound_settings(settings)
-    ts = b["timesteps"]
-    if ts is None or ts != list(range(len(ts))) or b["full_bound"] or b["noise_std"]:
+    path = _shipped_name(bound_settings(settings))
+    if path is None:
         raise DiffHMCError("shipped recalibrations are for the first K timesteps, no noise")
-    return SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
+    return path
 
 
 def _unit_z(theta: np.ndarray, space: ParamSpace) -> np.ndarray:
@@ -331,23 +337,27 @@ def fit_recalibration(
     settings: dict[str, Any],
     model_sha256: str,
     source: str,
+    left_out: Sequence[str] = (),
 ) -> Recalibration:
     """Fit widening factors on validation posteriors ``draws[k]`` of simulations with
     parameters ``truths (N, P)`` (all with the bound ``settings`` and the model of
-    ``model_sha256``); ``fitted_on`` records ``source``, N and the coverage before and
-    after."""
+    ``model_sha256``); ``fitted_on`` records ``source``, N, the coverage before and after,
+    and (when given) the posteriors of ``source`` ``left_out`` as importance-weighted."""
     factors = fit_widening(draws, truths, space)
+    fitted_on: dict[str, Any] = {
+        "source": source,
+        "n_posteriors": len(draws),
+        "coverage_before": coverage(draws, truths, space),
+        "coverage_after": coverage(draws, truths, space, factors),
+    }
+    if left_out:
+        fitted_on["left_out_importance_weighted"] = list(left_out)
     return Recalibration(
         names=tuple(space.names),
         factors=tuple(float(s) for s in factors),
         settings=settings,
         model_sha256=model_sha256,
-        fitted_on={
-            "source": source,
-            "n_posteriors": len(draws),
-            "coverage_before": coverage(draws, truths, space),
-            "coverage_after": coverage(draws, truths, space, factors),
-        },
+        fitted_on=fitted_on,
     )
 
 
