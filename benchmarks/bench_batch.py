@@ -5,7 +5,7 @@ data/pm64 and fast inference settings.
     nice -n 5 python benchmarks/bench_batch.py     # writes benchmarks/results/batch_cpu.json
 
 Each configuration gets a fresh ``LocalCluster`` (processes, one thread each) and runs the
-same ``--n`` maps through :func:`diffhmc.infer_report.infer_dataset` (the code path of
+same ``--n`` maps through :func:`diffhmc.workflows.infer.infer_dataset` (the code path of
 ``diffhmc infer --dataset``; the cluster is passed as a scheduler address so that worker
 memory can be read before it closes). ``batch_s`` runs from submission to the table,
 including each worker's model load; ``startup_s`` is the cluster start. The machine is
@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffhmc.batch import ClusterSpec
-from diffhmc.checkpoint import DEFAULT_MODEL, load_model
-from diffhmc.cli import GLIBC_TUNABLES
-from diffhmc.fileio import save_json
-from diffhmc.inference import InferenceConfig
-from diffhmc.machine import machine_info
-from diffhmc.mcmc import NUTSConfig
+from diffhmc.batch.cluster import ClusterSpec
+from diffhmc.cli.main import GLIBC_TUNABLES
+from diffhmc.core.fileio import save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.emulator.checkpoint import DEFAULT_MODEL, load_model
+from diffhmc.inference.mcmc import NUTSConfig
+from diffhmc.inference.posterior import InferenceConfig
 
 
 def _peak_rss_mib() -> float:
@@ -43,7 +43,7 @@ def run_config(
 ) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    from diffhmc.infer_report import infer_dataset
+    from diffhmc.workflows.infer import infer_dataset
 
     model = load_model(None)
     load_before = os.getloadavg()

@@ -3,7 +3,7 @@
 Part ``grad``: gradients of the potential ``U(z)`` (value and gradient, K timesteps, M
 draws) per second, for ``B`` points ``z`` evaluated one call each (the unbatched path: ``B``
 network calls of ``K M`` rows) and all in one call (the batched path of
-:func:`diffhmc.mcmc.run_nuts_vectorized` and :class:`diffhmc.likelihood.StackedBound`:
+:func:`diffhmc.inference.mcmc.run_nuts_vectorized` and :class:`diffhmc.inference.likelihood.StackedBound`:
 one call of ``B K M`` rows), in the same run; the ratio is the figure. ``B`` is the number
 of chains times maps sharing a call. Resolutions: 64^2 with the shipped model on a test map,
 and (``--r256``) 256^2: the shipped weights applied to a test map upsampled 4x. The U-Net is
@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffhmc.checkpoint import LoadedModel, load_model, read_checkpoint, resolve_model
-from diffhmc.fileio import load_json, save_json
-from diffhmc.inference import InferenceConfig, MapLikelihood, infer_map, prepare_map
-from diffhmc.machine import machine_info
-from diffhmc.mcmc import NUTSConfig
-from diffhmc.potential import Potential
+from diffhmc.core.fileio import load_json, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.emulator.checkpoint import LoadedModel, load_model, read_checkpoint, resolve_model
+from diffhmc.inference.mcmc import NUTSConfig
+from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, infer_map, prepare_map
+from diffhmc.inference.potential import Potential
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_map(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     sys.path.insert(0, str(ROOT / "evaluations"))
     from calibration import pick_maps
 
-    from diffhmc.dataset import load_dataset
+    from diffhmc.data.dataset import load_dataset
 
     ds = load_dataset(args.dataset)
     row, _ = pick_maps(ds, args.map_index + 1, 0)[args.map_index]
@@ -122,8 +122,8 @@ def sampler_overhead(args: argparse.Namespace) -> dict[str, Any]:
     """Separate vs lockstep chains on a correlated 2-D Gaussian potential (no network: the
     sampler's own cost), 4 chains x (200 + 300), three seeds: seconds, potential calls,
     bulk ESS per parameter."""
-    from diffhmc.diagnostics import summarize_draws
-    from diffhmc.mcmc import run_nuts, run_nuts_vectorized
+    from diffhmc.inference.diagnostics import summarize_draws
+    from diffhmc.inference.mcmc import run_nuts, run_nuts_vectorized
 
     cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64) * 0.04
     prec, mu = torch.linalg.inv(cov), torch.tensor([0.3, -0.5], dtype=torch.float64)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from diffhmc.fileio import save_json
-from diffhmc.machine import machine_info
-from diffhmc.sampling import ddim_sample, ddpm_sample
-from diffhmc.schedule import NoiseSchedule, ScheduleConfig
-from diffhmc.train import diffusion_loss
-from diffhmc.unet import UNet, UNetConfig
+from diffhmc.core.fileio import save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.emulator.sampling import ddim_sample, ddpm_sample
+from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.emulator.train import diffusion_loss
+from diffhmc.emulator.unet import UNet, UNetConfig
 
 
 def train_rate(

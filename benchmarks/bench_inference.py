@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffhmc.checkpoint import load_model
-from diffhmc.fileio import load_json, save_json
-from diffhmc.inference import InferenceConfig, MapLikelihood, infer_map, prepare_map
-from diffhmc.machine import machine_info
-from diffhmc.mcmc import NUTSConfig
+from diffhmc.core.fileio import load_json, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.emulator.checkpoint import load_model
+from diffhmc.inference.mcmc import NUTSConfig
+from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, infer_map, prepare_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def _time(fn: Any, reps: int) -> float:
 
 
 def levers(args: argparse.Namespace) -> dict[str, Any]:
-    from diffhmc.dataset import load_dataset
+    from diffhmc.data.dataset import load_dataset
 
     model = load_model(args.model)
     ds = load_dataset(args.dataset)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 import diffhmc
-from diffhmc.checkpoint import load_model
-from diffhmc.dataset import load_dataset
-from diffhmc.fileio import load_json, save_json
-from diffhmc.inference import InferenceConfig, infer_map
-from diffhmc.machine import machine_info
+from diffhmc.core.fileio import load_json, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.dataset import load_dataset
+from diffhmc.emulator.checkpoint import load_model
+from diffhmc.inference.posterior import InferenceConfig, infer_map
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "evaluations"))

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffhmc.fileio import save_json
-from diffhmc.generate import generate_dataset
-from diffhmc.machine import machine_info
-from diffhmc.simulator import SimConfig, simulate_maps
+from diffhmc.core.fileio import save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.generate import generate_dataset
+from diffhmc.simulation.simulator import SimConfig, simulate_maps
 
 
 def time_single(config: SimConfig, n: int) -> list[float]:

@@ -1,7 +1,7 @@
 """Test-split scores of the shipped baselines (CNN moment network, power-spectrum NPE).
 
 Predicts every map of a dataset split with each shipped model (or the given checkpoints),
-scores the predictions with :func:`diffhmc.baseline.baseline_metrics` (RMSE, mean |z|,
+scores the predictions with :func:`diffhmc.baselines.api.baseline_metrics` (RMSE, mean |z|,
 mean |bias| %, coverage of the 68% and 95% intervals, per parameter), and writes
 
 - ``<out>/{cnn,npe}_<split>.json``: metrics, model description, settings, machine;
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from diffhmc.baseline import baseline_metrics, load_baseline, shipped_baseline
-from diffhmc.dataset import load_dataset
-from diffhmc.fileio import save_figure, save_json
-from diffhmc.machine import machine_info
+from diffhmc.baselines.api import baseline_metrics, load_baseline, shipped_baseline
+from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.dataset import load_dataset
 
 PAPER = {  # Mudur et al. 2024, REFERENCE.md; CAMELS 256^2 maps, 10 validation fields
     "cnn": {

@@ -37,13 +37,13 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from diffhmc.checkpoint import load_model
-from diffhmc.dataset import load_dataset
-from diffhmc.fileio import save_figure, save_json
-from diffhmc.inference import InferenceConfig, infer_map
-from diffhmc.machine import machine_info
-from diffhmc.mcmc import NUTSConfig
-from diffhmc.recalibration import wilson_interval
+from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.dataset import load_dataset
+from diffhmc.emulator.checkpoint import load_model
+from diffhmc.evaluation.recalibration import wilson_interval
+from diffhmc.inference.mcmc import NUTSConfig
+from diffhmc.inference.posterior import InferenceConfig, infer_map
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
     "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",

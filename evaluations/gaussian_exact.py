@@ -1,7 +1,7 @@
 """Exact-posterior check of Diffusion-HMC on Gaussian random fields (closed-form likelihood).
 
 A small conditional DDPM is trained on 16^2 periodic Gaussian random fields of
-:class:`diffhmc.gaussian.GaussianFieldFamily`, whose likelihood ``p(x | Omega_m, sigma_8)``
+:class:`diffhmc.simulation.gaussian.GaussianFieldFamily`, whose likelihood ``p(x | Omega_m, sigma_8)``
 is known exactly; on held-out fields (new seeded theta and noise, not in the training set)
 the Diffusion-HMC posterior is compared with the exact posterior on the same uniform prior
 box. Per parameter: the shift of the posterior mean in exact posterior stds and the ratio
@@ -23,7 +23,7 @@ Bound variants (``--variant``; results are cached per field, a rerun resumes):
 - ``k<K>``: the paper's bound, the first K timesteps ``t = 0..K-1`` with unit weights;
 - ``is<K>``: an unbiased importance-sampled estimate of the *full* bound
   ``sum_{t<T} L_t`` from K timesteps drawn (seeded, shared by all fields) from
-  :func:`diffhmc.likelihood.importance_timesteps` with their weights;
+  :func:`diffhmc.inference.likelihood.importance_timesteps` with their weights;
 - prefix ``oracle-`` (e.g. ``oracle-k20``): the same bound with the exact (Bayes-optimal)
   eps-prediction of the family instead of the network, which isolates the bound's own gap
   from the network's error.
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffhmc.fileio import load_json, save_figure, save_json
-from diffhmc.gaussian import GaussianFieldFamily
+from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "gaussian16"
@@ -73,7 +73,7 @@ def latin_hypercube(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- data
 def cmd_data(args: argparse.Namespace) -> None:
-    from diffhmc.dataset import write_dataset
+    from diffhmc.data.dataset import write_dataset
 
     fam = family()
     space = fam.param_space
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from diffhmc.checkpoint import export_for_inference
+    from diffhmc.emulator.checkpoint import export_for_inference
 
     OUT.mkdir(parents=True, exist_ok=True)
     dst = export_for_inference(args.run / "checkpoints" / "last.pt", MODEL)
@@ -151,7 +151,7 @@ def held_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 class _ScaledFamily:
     """The family seen through the model's normalisation ``x_n = a x + b`` (duck-typed for
-    :func:`diffhmc.likelihood.oracle_gaussian_eps`)."""
+    :func:`diffhmc.inference.likelihood.oracle_gaussian_eps`)."""
 
     def __init__(self, fam: GaussianFieldFamily, a: float, b: float) -> None:
         self.fam, self.a, self.b, self.n_pix = fam, a, b, fam.n_pix
@@ -173,7 +173,7 @@ class _OracleNet(torch.nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        from diffhmc.likelihood import oracle_gaussian_eps
+        from diffhmc.inference.likelihood import oracle_gaussian_eps
 
         norm = model.normalization
         a = 2.0 / norm.span
@@ -202,7 +202,7 @@ def variant_timesteps(kind: str, k: int, schedule: Any, seed: int) -> tuple[list
     """Timesteps and weights (None: unit weights) of a bound variant."""
     if kind == "k":
         return list(range(k)), None
-    from diffhmc.likelihood import importance_timesteps
+    from diffhmc.inference.likelihood import importance_timesteps
 
     gen = torch.Generator().manual_seed(seed)
     ts, w = importance_timesteps(schedule, k, gen)
@@ -211,10 +211,10 @@ def variant_timesteps(kind: str, k: int, schedule: Any, seed: int) -> tuple[list
 
 @contextlib.contextmanager
 def weighted_bound(timesteps: list[int], weights: Any) -> Iterator[None]:
-    """Make :func:`diffhmc.inference.infer_map` use ``weights`` for the bound over exactly
+    """Make :func:`diffhmc.inference.posterior.infer_map` use ``weights`` for the bound over exactly
     ``timesteps`` (InferenceConfig has no weights setting); other bounds (the locate step's
     cheap one) keep unit weights."""
-    import diffhmc.inference as inf
+    import diffhmc.inference.posterior as inf
 
     if weights is None:
         yield
@@ -243,11 +243,11 @@ def _field_json(out: Path, variant: str, i: int) -> Path:
 def cmd_check(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from diffhmc.checkpoint import load_model
-    from diffhmc.diagnostics import summarize_draws
-    from diffhmc.errors import DiffHMCError
-    from diffhmc.inference import InferenceConfig, infer_map
-    from diffhmc.mcmc import NUTSConfig
+    from diffhmc.core.errors import DiffHMCError
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.diagnostics import summarize_draws
+    from diffhmc.inference.mcmc import NUTSConfig
+    from diffhmc.inference.posterior import InferenceConfig, infer_map
 
     fam = family()
     names = list(fam.param_space.names)
@@ -349,8 +349,8 @@ def _grid_moments(lp: np.ndarray, om: np.ndarray, s8: np.ndarray) -> tuple[list,
 def cmd_bound_gap(args: argparse.Namespace) -> None:
     """The bound's own gap: posterior moments on a dense grid under the *oracle* bound (exact
     eps-prediction, no network, no sampler) vs the exact likelihood, per variant."""
-    from diffhmc.checkpoint import load_model
-    from diffhmc.inference import InferenceConfig, MapLikelihood, prepare_map
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, prepare_map
 
     fam = family()
     names = list(fam.param_space.names)
@@ -409,9 +409,9 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
 def val_loss_vs_oracle(model_path: Path, n_maps: int = 512, reps: int = 4) -> dict[str, Any]:
     """Validation eps-MSE of the network and of the exact (Bayes-optimal) eps-prediction on
     the same seeded (t, eps) draws: the oracle's value is the floor of the training loss."""
-    from diffhmc.checkpoint import load_model
-    from diffhmc.dataset import load_dataset
-    from diffhmc.train import _tensors
+    from diffhmc.data.dataset import load_dataset
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.emulator.train import _tensors
 
     model = load_model(model_path)
     x, th = _tensors(load_dataset(DATA), "val", n_maps)
@@ -479,7 +479,7 @@ def _aggregate(recs: list[dict[str, Any]], names: list[str], sub: bool = True) -
 def cmd_report(args: argparse.Namespace) -> None:
     from matplotlib.figure import Figure
 
-    from diffhmc.machine import machine_info
+    from diffhmc.core.machine import machine_info
 
     names = list(family().param_space.names)
     variants: dict[str, Any] = {}
@@ -594,7 +594,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _held_out_info(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the held-out theta relate to the training design (prior-normalised distance)."""
-    from diffhmc.dataset import load_dataset
+    from diffhmc.data.dataset import load_dataset
 
     space = family().param_space
     info: dict[str, Any] = {"seeded_by": "held_out(n, seed): theta uniform, own noise stream"}

@@ -1,6 +1,6 @@
 r"""Per-parameter recalibration of the shipped model's posteriors: fit on validation, test.
 
-Fits :func:`diffhmc.recalibration.fit_recalibration` (one widening factor per parameter,
+Fits :func:`diffhmc.evaluation.recalibration.fit_recalibration` (one widening factor per parameter,
 in the sampler's unconstrained coordinates) on the saved posteriors of a calibration run on
 the VALIDATION split, and reports on the TEST split (other simulations, held out) the
 coverage of the 68/95% intervals with 95% Wilson intervals (the binomial uncertainty of N
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from diffhmc.checkpoint import DEFAULT_MODEL
-from diffhmc.fileio import load_json, save_figure, save_json
-from diffhmc.machine import machine_info
-from diffhmc.prior import ParamSpace
-from diffhmc.recalibration import (
+from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.core.prior import ParamSpace
+from diffhmc.emulator.checkpoint import DEFAULT_MODEL
+from diffhmc.evaluation.recalibration import (
     bound_settings,
     coverage,
     file_sha256,
@@ -152,7 +152,7 @@ def main() -> None:
         "fitted_on": {"folder": str(args.val), "n_maps": len(vd), "left_out_sims": v_out},
         "val": {k: coverage(vd, vt, space, f) for k, f in variants.items()},
         "method": "widening in z = logit of the unit box about the draws' mean "
-        "(diffhmc.recalibration); intervals: 95% Wilson",
+        "(diffhmc.evaluation.recalibration); intervals: 95% Wilson",
         "machine": machine_info(),
     }
     held: dict[str, Any] = {}  # label -> (coverage, curve) on maps not used to fit

@@ -2,7 +2,7 @@
 
 For test maps already in the calibration run (``evaluations/results/calibration/maps``), the
 exact posterior of each bound variant is computed by quadrature on one grid (module
-:mod:`diffhmc.grid`) over the calibration posterior's mean ± ``--span`` std:
+:mod:`diffhmc.inference.grid`) over the calibration posterior's mean ± ``--span`` std:
 
 - first ``K`` timesteps, ``K`` in 5, 10, 20, 40 (one pass: the per-timestep terms on the grid
   are summed cumulatively), one noise draw (``noise_seed`` 0);
@@ -29,12 +29,12 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from diffhmc.checkpoint import load_model
-from diffhmc.dataset import load_dataset
-from diffhmc.fileio import save_figure, save_json
-from diffhmc.grid import compare_moments, grid_axes, grid_moments, grid_points
-from diffhmc.inference import InferenceConfig, MapLikelihood, prepare_map
-from diffhmc.machine import machine_info
+from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.dataset import load_dataset
+from diffhmc.emulator.checkpoint import load_model
+from diffhmc.inference.grid import compare_moments, grid_axes, grid_moments, grid_points
+from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, prepare_map
 
 KS = (5, 10, 20, 40)
 REFERENCE = "full"

@@ -23,10 +23,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from diffhmc.fileio import save_figure, save_json
-from diffhmc.machine import machine_info
-from diffhmc.simulator import REFERENCE_CONFIG, SimConfig, simulate_maps
-from diffhmc.stats import power_spectrum
+from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.simulation.simulator import REFERENCE_CONFIG, SimConfig, simulate_maps
+from diffhmc.stats.maps import power_spectrum
 
 COSMOLOGIES = [(0.3, 0.8), (0.15, 0.65), (0.45, 0.95)]
 SEEDS = [11, 12]

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from diffhmc.fileio import save_figure, save_json
-from diffhmc.machine import machine_info
+from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.machine import machine_info
 
 LEVELS = (0.68, 0.95)
 T_GRID = np.round(np.arange(1.0, 8.0001, 0.05), 2)
@@ -78,10 +78,10 @@ def loss(cov: dict[str, dict[str, float]]) -> float:
 
 def check(recs: list[dict[str, Any]], t: float, n: int, dataset: Path) -> list[dict[str, Any]]:
     """Rerun the first ``n`` maps of ``recs`` with temperature ``t``; compare with widening."""
-    from diffhmc.checkpoint import load_model
-    from diffhmc.dataset import load_dataset
-    from diffhmc.inference import InferenceConfig, infer_map
-    from diffhmc.mcmc import NUTSConfig
+    from diffhmc.data.dataset import load_dataset
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.mcmc import NUTSConfig
+    from diffhmc.inference.posterior import InferenceConfig, infer_map
 
     model = load_model(None)
     ds = load_dataset(dataset)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffhmc.dataset import write_dataset
-from diffhmc.prior import ParamSpace
-from diffhmc.schedule import ScheduleConfig
-from diffhmc.train import TrainConfig
-from diffhmc.unet import UNetConfig
+from diffhmc.core.prior import ParamSpace
+from diffhmc.data.dataset import write_dataset
+from diffhmc.emulator.schedule import ScheduleConfig
+from diffhmc.emulator.train import TrainConfig
+from diffhmc.emulator.unet import UNetConfig
 
 
 def make_tiny_dataset(path: Path, n_sims: int = 6, seed: int = 0) -> Path:

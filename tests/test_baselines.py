@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc import baseline, cnn, npe
-from diffhmc.baseline import baseline_metrics, load_baseline, make_config, train_baseline
-from diffhmc.cli import main
-from diffhmc.dataset import load_dataset
-from diffhmc.errors import DiffHMCError
+from diffhmc.baselines import api as baseline
+from diffhmc.baselines import cnn, npe
+from diffhmc.baselines.api import baseline_metrics, load_baseline, make_config, train_baseline
+from diffhmc.cli.main import main
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.data.dataset import load_dataset
 
 TINY_CNN = ["--set", "width=4", "--set", "max_width=8", "--set", "head_hidden=8"]
 TINY_NPE = ["--set", "hidden=8", "--set", "transforms=2", "--set", "n_samples=200"]

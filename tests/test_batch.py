@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from diffhmc.batch import ClusterSpec, Job, SlurmSpec, run_jobs, slurm_cluster
-from diffhmc.errors import DiffHMCError
-from diffhmc.inference import InferenceConfig
-from diffhmc.mcmc import NUTSConfig
+from diffhmc.batch.cluster import ClusterSpec, Job, SlurmSpec, run_jobs, slurm_cluster
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.inference.mcmc import NUTSConfig
+from diffhmc.inference.posterior import InferenceConfig
 
 CFG = InferenceConfig(n_timesteps=2, nuts=NUTSConfig(n_chains=2, n_warmup=20, n_samples=20))
 N_MAPS = 4
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 16-simulation tiny dataset (4 test simulations) and a 2-step tiny model."""
     from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
 
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     root = tmp_path_factory.mktemp("batch")
     ds = make_tiny_dataset(root / "ds", n_sims=16)
@@ -91,8 +91,8 @@ def test_worker_killed_mid_run_loses_nothing_and_rerun_skips(
 ) -> None:
     from distributed import Client
 
-    from diffhmc.checkpoint import load_model
-    from diffhmc.infer_report import infer_dataset
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.workflows.infer import infer_dataset
 
     ds, ckpt = tiny
     model = load_model(ckpt)
@@ -136,7 +136,7 @@ def test_worker_killed_mid_run_loses_nothing_and_rerun_skips(
 def test_failures_are_recorded_and_reported(
     tiny: tuple[Path, Path], cluster: Any, tmp_path: Path
 ) -> None:
-    from diffhmc.infer_report import PosteriorJob, run_posterior_job
+    from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
 
     ds, ckpt = tiny
     good = np.load(ds / "maps.npy")[0].astype(np.float64)
@@ -168,9 +168,9 @@ def test_dataset_batch_with_a_bad_map_writes_the_rest_and_raises(
 ) -> None:
     """In this process (--workers 0): the bad map leaves error.json and errors.json, the
     table holds the finished map, and the run ends with an error naming the failure."""
-    from diffhmc.checkpoint import load_model
-    from diffhmc.dataset import load_dataset
-    from diffhmc.infer_report import infer_dataset
+    from diffhmc.data.dataset import load_dataset
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.workflows.infer import infer_dataset
 
     src, ckpt = tiny
     ds = tmp_path / "ds"
@@ -244,7 +244,7 @@ def test_slurm_spec_validation(values: dict[str, Any], message: str) -> None:
 
 
 def test_cli_batch_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from diffhmc.cli import _cluster_spec, build_parser, main
+    from diffhmc.cli.main import _cluster_spec, build_parser, main
 
     def spec(*extra: str) -> ClusterSpec:
         args = build_parser().parse_args(["infer", "--dataset", "d", *extra])

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffhmc.camels import (
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.data.camels import (
     KNOWN_FIELDS,
     camels_paths,
     import_camels,
     pool_maps,
     read_camels,
 )
-from diffhmc.dataset import load_dataset
-from diffhmc.errors import DiffHMCError
+from diffhmc.data.dataset import load_dataset
 
 N_SIMS, RES = 4, 32
 

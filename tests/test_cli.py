@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffhmc.cli import main
+from diffhmc.cli.main import main
 
 TINY = ["--set", "n_particles=24", "--set", "n_mesh=48", "--set", "n_steps=4", "--resolution", "16"]
 
@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 
 
 def test_overrides_parse_scientific_notation() -> None:
-    from diffhmc.cli import load_train_config
+    from diffhmc.cli.main import load_train_config
 
     cfg = load_train_config(None, ["lr=3e-4", "model.base_channels=16", "loss=huber"])
     assert cfg.lr == 3e-4 and cfg.model.base_channels == 16 and cfg.loss == "huber"

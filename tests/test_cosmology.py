@@ -1,4 +1,4 @@
-"""Tests of diffhmc.cosmology: growth, Eisenstein-Hu transfer, sigma_8 normalisation.
+"""Tests of diffhmc.simulation.cosmology: growth, Eisenstein-Hu transfer, sigma_8 normalisation.
 
 Closed forms used as references (independent of the Heath integral in the code):
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from diffhmc.cosmology import RHO_CRIT, Cosmology
-from diffhmc.errors import DiffHMCError
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.simulation.cosmology import RHO_CRIT, Cosmology
 
 OMEGAS = (0.1, 0.2, 0.3, 0.5)
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc.dataset import (
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.data.dataset import (
     FORMAT_NAME,
     Normalization,
     load_dataset,
     split_simulations,
     write_dataset,
 )
-from diffhmc.errors import DiffHMCError
-from diffhmc.generate import latin_hypercube
-from diffhmc.prior import ParamSpace
+from diffhmc.data.generate import latin_hypercube
 
 SPACE = ParamSpace.camels()
 PER_SIM = 15

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffhmc.checkpoint import read_checkpoint
-from diffhmc.train import TrainConfig, train
-from diffhmc.unet import UNet
+from diffhmc.emulator.checkpoint import read_checkpoint
+from diffhmc.emulator.train import TrainConfig, train
+from diffhmc.emulator.unet import UNet
 
 STEPS = 4
 ATOL = 3e-6  # float32: DDP sums the two ranks' gradients in another order, and the fused
@@ -30,7 +30,7 @@ DDP_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from diffhmc.train import TrainConfig, train
+    from diffhmc.emulator.train import TrainConfig, train
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
     train(cfg, Path(sys.argv[2]), progress=False)

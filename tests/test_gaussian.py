@@ -1,4 +1,4 @@
-"""Exact checks of the Gaussian-field family (diffhmc.gaussian).
+"""Exact checks of the Gaussian-field family (diffhmc.simulation.gaussian).
 
 The references below are written independently of the module: the power spectrum is
 re-implemented from the documented formula in numpy, and the likelihood is checked against
@@ -16,9 +16,9 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.gaussian import GaussianFieldFamily
-from diffhmc.prior import ParamSpace
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 THETAS = [(0.3, 0.8), (0.1, 0.6), (0.5, 1.0), (0.17, 0.93), (0.44, 0.65)]
 

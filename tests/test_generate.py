@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.generate import generate_dataset, latin_hypercube, simulation_seeds
-from diffhmc.prior import ParamSpace
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.data.generate import generate_dataset, latin_hypercube, simulation_seeds
 
 SPACE = ParamSpace.camels()
 PER_SIM = 15
@@ -47,7 +47,7 @@ def logged_real_sim(omega_m: float, sigma_8: float, seed: int, config) -> np.nda
 
     Works across spawned worker processes: they inherit the environment variables.
     """
-    from diffhmc.simulator import simulate_maps
+    from diffhmc.simulation.simulator import simulate_maps
 
     if os.environ.get("DIFFHMC_TEST_FAIL_SEED") == str(seed):
         raise RuntimeError(f"interrupted at seed {seed}")
@@ -66,7 +66,7 @@ def _reset_standin():
 
 
 def _tiny_config():
-    from diffhmc.simulator import SimConfig
+    from diffhmc.simulation.simulator import SimConfig
 
     return SimConfig(n_particles=16, n_mesh=16, n_steps=3, map_resolution=16)
 
@@ -164,13 +164,13 @@ def test_generate_real_simulator_is_deterministic(tmp_path):
     np.testing.assert_array_equal(a.sim_seeds, b.sim_seeds)
     assert not np.array_equal(a.maps, c.maps)
     assert type(cfg).from_dict(a.meta["provenance"]["sim_config"]) == cfg
-    assert a.meta["provenance"]["simulator"] == "diffhmc.simulator.simulate_maps"
+    assert a.meta["provenance"]["simulator"] == "diffhmc.simulation.simulator.simulate_maps"
     assert a.box_size == cfg.box_size
 
 
 def test_generate_real_simulator_parallel_resume(tmp_path, monkeypatch):
     """An interrupted run resumes in two spawned workers recomputing only missing shards."""
-    from diffhmc.simulator import simulate_maps
+    from diffhmc.simulation.simulator import simulate_maps
 
     cfg = _tiny_config()
     n, seed = 5, 21

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.grid import compare_to_grid, grid_axes, grid_posterior
-from diffhmc.inference import _surrogate_potential, _unit_inits
-from diffhmc.mcmc import NUTSConfig, run_nuts
-from diffhmc.potential import Potential
-from diffhmc.prior import ParamSpace
-from diffhmc.surrogate import QuadraticGPSurrogate
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.inference.grid import compare_to_grid, grid_axes, grid_posterior
+from diffhmc.inference.mcmc import NUTSConfig, run_nuts
+from diffhmc.inference.posterior import _surrogate_potential, _unit_inits
+from diffhmc.inference.potential import Potential
+from diffhmc.inference.surrogate import QuadraticGPSurrogate
 
 SPACE = ParamSpace.camels()
 MEAN = np.array([0.31, 0.82])

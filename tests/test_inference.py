@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc.dataset import Normalization
-from diffhmc.diagnostics import summarize_draws
-from diffhmc.errors import DiffHMCError
-from diffhmc.gaussian import GaussianFieldFamily
-from diffhmc.inference import InferenceConfig, infer_map, prepare_map
-from diffhmc.likelihood import oracle_gaussian_eps
-from diffhmc.mcmc import NUTSConfig, run_nuts
-from diffhmc.prior import ParamSpace
-from diffhmc.schedule import NoiseSchedule, ScheduleConfig
-from diffhmc.surrogate import QuadraticGPSurrogate
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.data.dataset import Normalization
+from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.inference.diagnostics import summarize_draws
+from diffhmc.inference.likelihood import oracle_gaussian_eps
+from diffhmc.inference.mcmc import NUTSConfig, run_nuts
+from diffhmc.inference.posterior import InferenceConfig, infer_map, prepare_map
+from diffhmc.inference.surrogate import QuadraticGPSurrogate
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 FAST_NUTS = NUTSConfig(n_chains=4, n_warmup=150, n_samples=250, seed=3)
 
@@ -183,7 +183,7 @@ def test_prepare_map_errors() -> None:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
 
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     root = tmp_path_factory.mktemp("infer")
     ds = make_tiny_dataset(root / "ds")
@@ -197,7 +197,7 @@ TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples"
 
 
 def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     ds, ckpt = tiny_model
     maps = np.load(ds / "maps.npy")[:2]
@@ -246,7 +246,7 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
 def test_cli_infer_bad_input(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     _, ckpt = tiny_model
     bad = np.ones((16, 16), dtype=np.float32)
@@ -263,7 +263,7 @@ def test_cli_infer_bad_input(
 
 
 def test_temperature_divides_the_bound() -> None:
-    from diffhmc.inference import MapLikelihood
+    from diffhmc.inference.posterior import MapLikelihood
 
     model, family = _oracle_model(n_pix=8)
     x = family.sample(torch.tensor([0.3, 0.8]), 1, generator=torch.Generator().manual_seed(2))[0]
@@ -285,9 +285,9 @@ def test_cli_recalibrate_then_infer_with_it(
 ) -> None:
     """`diffhmc recalibrate` fits on a finished validation batch; `infer --recalibration`
     applies the file, and refuses it for other bound settings before any posterior runs."""
-    from diffhmc.cli import main
-    from diffhmc.diagnostics import load_inference_data
-    from diffhmc.recalibration import load_recalibration
+    from diffhmc.cli.main import main
+    from diffhmc.evaluation.recalibration import load_recalibration
+    from diffhmc.inference.diagnostics import load_inference_data
 
     ds, ckpt = tiny_model
     base = ["--model", str(ckpt), *TINY_INFER]
@@ -321,7 +321,7 @@ def test_cli_recalibrate_then_infer_with_it(
 def test_cli_infer_joint_maps_share_one_run(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     ds, ckpt = tiny_model
     np.save(tmp_path / "two.npy", np.load(ds / "maps.npy")[:2])

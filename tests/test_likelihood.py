@@ -1,4 +1,4 @@
-"""Tests for diffhmc.likelihood: the bound log-likelihood, importance timesteps, the oracle."""
+"""Tests for diffhmc.inference.likelihood: the bound log-likelihood, importance timesteps, the oracle."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.gaussian import GaussianFieldFamily
-from diffhmc.likelihood import (
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl, vlb_terms
+from diffhmc.inference.likelihood import (
     BoundLikelihood,
     importance_timesteps,
     oracle_gaussian_eps,
     proposal_probabilities,
 )
-from diffhmc.schedule import NoiseSchedule, ScheduleConfig, prior_kl, vlb_terms
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 F64 = torch.float64
 FAM8 = GaussianFieldFamily(n_pix=8)

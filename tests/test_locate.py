@@ -1,12 +1,12 @@
-"""The locate step (:func:`diffhmc.inference._locate`) on analytic log-likelihoods."""
+"""The locate step (:func:`diffhmc.inference.posterior._locate`) on analytic log-likelihoods."""
 
 from __future__ import annotations
 
 import torch
 
-from diffhmc.inference import InferenceConfig, _locate
-from diffhmc.potential import BoxTransform
-from diffhmc.prior import ParamSpace
+from diffhmc.core.prior import ParamSpace
+from diffhmc.inference.posterior import InferenceConfig, _locate
+from diffhmc.inference.potential import BoxTransform
 
 
 class Gaussian:

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc.dataset import Normalization
-from diffhmc.errors import DiffHMCError
-from diffhmc.gaussian import GaussianFieldFamily
-from diffhmc.inference import InferenceConfig, MapLikelihood
-from diffhmc.likelihood import BoundLikelihood, importance_timesteps, oracle_gaussian_eps
-from diffhmc.noise import add_log_noise, normalized_noise_std, unit_noise
-from diffhmc.noisy_likelihood import NoisyBoundLikelihood, match_noise_level
-from diffhmc.prior import ParamSpace
-from diffhmc.schedule import NoiseSchedule, ScheduleConfig, prior_kl
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.data.dataset import Normalization
+from diffhmc.data.noise import add_log_noise, normalized_noise_std, unit_noise
+from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl
+from diffhmc.inference.likelihood import BoundLikelihood, importance_timesteps, oracle_gaussian_eps
+from diffhmc.inference.noisy_likelihood import NoisyBoundLikelihood, match_noise_level
+from diffhmc.inference.posterior import InferenceConfig, MapLikelihood
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 F64 = torch.float64
 SCHED = NoiseSchedule(ScheduleConfig(kind="paper", n_steps=200))
@@ -368,7 +368,7 @@ def test_inference_config_noise_std_and_map_likelihood() -> None:
 
 
 def test_infer_cli_noise_std_reaches_the_config() -> None:
-    from diffhmc.cli import _inference_config, build_parser
+    from diffhmc.cli.main import _inference_config, build_parser
 
     args = build_parser().parse_args(["infer", "m.npy", "--noise-std", "0.05"])
     assert _inference_config(args).noise_std == 0.05

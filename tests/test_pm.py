@@ -1,4 +1,4 @@
-"""Tests of diffhmc.pm: CIC paint/readout (numba and torch paths), Poisson solve with the
+"""Tests of diffhmc.simulation.pm: CIC paint/readout (numba and torch paths), Poisson solve with the
 fourth-order finite-difference gradient, 2LPT displacements and the particle lattice.
 
 Exact references: CIC weights by hand, the discrete Fourier response of the 4th-order
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc import pm
+from diffhmc.simulation import pm
 
 F64 = torch.float64
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Tests for diffhmc.potential: the box transform and the HMC potential U(z)."""
+"""Tests for diffhmc.inference.potential: the box transform and the HMC potential U(z)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.potential import BoxTransform, Potential
-from diffhmc.prior import ParamSpace
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.prior import ParamSpace
+from diffhmc.inference.potential import BoxTransform, Potential
 
 SPACE = ParamSpace.camels()  # Omega_m in [0.1, 0.5], sigma_8 in [0.6, 1.0]
 WIDE = ParamSpace(names=("a", "b", "c"), lows=(-2.0, 0.0, 10.0), highs=(3.0, 0.01, 50.0))

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.noise import add_log_noise
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.data.noise import add_log_noise
 
 FAST = ["--timesteps", "2", "--chains", "2", "--warmup", "30", "--samples", "30"]
 
@@ -45,7 +45,7 @@ class StandIn:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
 
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     root = tmp_path_factory.mktemp("robust")
     ds = make_tiny_dataset(root / "ds")
@@ -57,11 +57,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_run_robustness_all_methods_table_figure_resume(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from diffhmc.checkpoint import load_model
-    from diffhmc.dataset import load_dataset
-    from diffhmc.inference import InferenceConfig
-    from diffhmc.mcmc import NUTSConfig
-    from diffhmc.robustness import RobustnessConfig, run_robustness
+    from diffhmc.data.dataset import load_dataset
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.mcmc import NUTSConfig
+    from diffhmc.inference.posterior import InferenceConfig
+    from diffhmc.workflows.robustness import RobustnessConfig, run_robustness
 
     ds_path, ckpt = tiny
     model = load_model(ckpt)
@@ -111,7 +111,7 @@ def test_run_robustness_all_methods_table_figure_resume(
 
 
 def test_robustness_config_validation(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    from diffhmc.robustness import RobustnessConfig, run_robustness
+    from diffhmc.workflows.robustness import RobustnessConfig, run_robustness
 
     ds_path, _ = tiny
     for kw, msg in (
@@ -153,7 +153,7 @@ def test_robustness_config_validation(tiny: tuple[Path, Path], tmp_path: Path) -
 def test_cli_robustness(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from diffhmc.cli import main
+    from diffhmc.cli.main import main
 
     ds, ckpt = tiny
     out = tmp_path / "cli"

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.sampling import ddim_sample, ddim_timesteps, ddpm_sample
-from diffhmc.schedule import NoiseSchedule, ScheduleConfig, prior_kl, vlb_terms
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.sampling import ddim_sample, ddim_timesteps, ddpm_sample
+from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl, vlb_terms
 
 MU, SD = 0.3, 0.5
 PAPER = NoiseSchedule(ScheduleConfig(kind="paper", n_steps=1000))

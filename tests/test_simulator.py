@@ -1,4 +1,4 @@
-"""Tests of diffhmc.simulator: white noise and linear fields, the FastPM integrator,
+"""Tests of diffhmc.simulation.simulator: white noise and linear fields, the FastPM integrator,
 adaptive smoothing, map projection, cosmology dependence, configuration and validation.
 
 Runtime: every simulation here uses 16^3 or 32^3 particles on a <= 64^3 mesh and a few
@@ -17,11 +17,11 @@ import pytest
 import torch
 from scipy import integrate
 
-from diffhmc import pm
-from diffhmc import simulator as sim
-from diffhmc.cosmology import RHO_CRIT, Cosmology
-from diffhmc.errors import DiffHMCError
-from diffhmc.simulator import (
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.simulation import pm
+from diffhmc.simulation import simulator as sim
+from diffhmc.simulation.cosmology import RHO_CRIT, Cosmology
+from diffhmc.simulation.simulator import (
     SimConfig,
     adaptive_smooth,
     linear_field_k,
@@ -30,7 +30,7 @@ from diffhmc.simulator import (
     simulate_maps,
     white_noise_k,
 )
-from diffhmc.stats import power_spectrum
+from diffhmc.stats.maps import power_spectrum
 
 F64 = torch.float64
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Tests of diffhmc.stats and diffhmc.plots_stats (closed forms wherever they exist)."""
+"""Tests of diffhmc.stats.maps and diffhmc.plots.stats (closed forms wherever they exist)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from scipy.integrate import quad
 from scipy.special import erf, erfc
 
-from diffhmc.errors import DiffHMCError
-from diffhmc.plots_stats import compare_statistics_figure, maps_grid_figure
-from diffhmc.stats import (
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.plots.stats import compare_statistics_figure, maps_grid_figure
+from diffhmc.stats.maps import (
     band,
     minkowski_functionals,
     peak_counts,

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from diffhmc.checkpoint import load_model, read_checkpoint
-from diffhmc.cli import main
-from diffhmc.errors import DiffHMCError
-from diffhmc.train import TrainConfig, train
-from diffhmc.unet import UNetConfig
+from diffhmc.cli.main import main
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.checkpoint import load_model, read_checkpoint
+from diffhmc.emulator.train import TrainConfig, train
+from diffhmc.emulator.unet import UNetConfig
 
 
 def test_resume_continues_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -172,9 +172,9 @@ DDP_SCRIPT = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     import torch
-    from diffhmc.train import TrainConfig, train
-    from diffhmc.unet import UNetConfig
-    from diffhmc.schedule import ScheduleConfig
+    from diffhmc.emulator.train import TrainConfig, train
+    from diffhmc.emulator.unet import UNetConfig
+    from diffhmc.emulator.schedule import ScheduleConfig
     torch.set_num_threads(1)
     cfg = TrainConfig(dataset=sys.argv[1], batch_size=2, max_steps=3, warmup_steps=1,
                       log_every=1, val_every=3, ckpt_every=3, val_maps=2, accelerator="cpu",
@@ -223,7 +223,7 @@ def test_two_process_ddp_ranks_agree(tiny_dataset: Path, tmp_path: Path) -> None
 def test_export_for_inference_keeps_ema_outputs(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from diffhmc import checkpoint
+    from diffhmc.emulator import checkpoint
 
     train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "r", progress=False)
     full = tmp_path / "r" / "checkpoints" / "last.pt"

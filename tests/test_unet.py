@@ -1,4 +1,4 @@
-"""The conditional U-Net (diffhmc.unet) and the dihedral augmentation (diffhmc.augment).
+"""The conditional U-Net (diffhmc.emulator.unet) and the dihedral augmentation (diffhmc.data.augment).
 
 Tiny networks (base 8, 16x16 / 32x32 maps) keep this file fast. A fresh UNet has a
 zero-initialised output conv (it predicts eps = 0 exactly), which would make every
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffhmc.augment import dihedral, dihedral_inverse, random_dihedral
-from diffhmc.errors import DiffHMCError
-from diffhmc.unet import UNet, UNetConfig
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.data.augment import dihedral, dihedral_inverse, random_dihedral
+from diffhmc.emulator.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), groups=4, cond_dim=2)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import make_tiny_dataset
 
-from diffhmc.cli import main
-from diffhmc.errors import DiffHMCError
-from diffhmc.gaussian import GaussianFieldFamily
-from diffhmc.validate import emulator_metrics, summarize
+from diffhmc.cli.main import main
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.validate import emulator_metrics, summarize
+from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 
 def _lognormal_maps(n: int, seed: int, amp: float = 1.0, shift: float = 0.0) -> np.ndarray:

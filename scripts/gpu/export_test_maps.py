@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "evaluations"))
 from calibration import pick_maps  # noqa: E402
 
-from diffhmc.dataset import load_dataset  # noqa: E402
+from diffhmc.data.dataset import load_dataset  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffhmc.dataset import load_dataset
+from diffhmc.data.dataset import load_dataset
 
 
 def _zigzag(r: np.ndarray) -> np.ndarray:

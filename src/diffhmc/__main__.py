@@ -1,6 +1,6 @@
 """``python -m diffhmc`` runs the command-line interface."""
 
-from diffhmc.cli import main
+from diffhmc.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""Data: the one on-disk dataset format (``dataset``), the map normalisation
+(``normalization``), dataset generation by simulation (``generate``), the CAMELS reader
+(``camels``), observational noise on log10 maps (``noise``) and the dihedral augmentation
+(``augment``).
+
+Imports: :mod:`diffhmc.core`, :mod:`diffhmc.simulation`, :mod:`diffhmc.stats`.
+"""

@@ -1,0 +1,5 @@
+"""Workflows with files: simulate/compare/emulate/validate to folders (``maps``), posteriors
+to folders, batch runs and the demo (``infer``), the noise-robustness study (``robustness``).
+
+Imports: every library subpackage; never :mod:`diffhmc.cli`.
+"""

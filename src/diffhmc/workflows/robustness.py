@@ -1,0 +1,408 @@
+r"""Noise robustness: CNN, power-spectrum NPE and Diffusion-HMC (plain and noise-aware) on the
+same test maps with Gaussian noise added to their ``log10`` (Mudur et al. 2024, Table 2 and
+the robustness figure; here with coverage and the noise-aware bound added).
+
+For ``N`` test maps (one seeded map per simulation of the split, the same picks as
+``diffhmc infer --dataset``) and each noise level ``s`` (dex), every map gets the noise of
+:func:`diffhmc.data.noise.add_log_noise` (stream keyed by ``(noise_seed, dataset row)``, so every
+method sees the identical noisy map, and the same unit field is scaled at every level).
+Methods:
+
+* ``cnn``, ``npe``: a trained :mod:`diffhmc.baselines.api` predictor (its ``predict``);
+* ``dhmc``: Diffusion-HMC with the plain bound, noise ignored (the paper's setting);
+* ``dhmc-noise``: Diffusion-HMC with the noise-aware bound
+  (:class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`, ``InferenceConfig.noise_std = s``).
+  At ``s = 0`` it is the plain method, computed once and stored for both.
+
+Every ``method x level x map`` result is written atomically to
+``results/<method>/level_<s>/sim<sim>_row<row>.json`` as soon as it is done; a rerun skips
+finished ones (resume) and may add (or leave out) methods, levels and maps, but refuses an
+output folder whose saved ``config.json`` has other settings (dataset, split, seeds,
+inference settings), or another checkpoint for a method it already ran.
+At the end: ``table.json``, ``table.csv``, ``table.md`` (per method, level and parameter:
+mean ``|bias|`` in %, RMSE, mean ``|z|``, 68% and 95% coverage, mean posterior std;
+:func:`diffhmc.baselines.api.baseline_metrics`) and ``robustness.png``.
+
+Cost: a baseline predicts all maps of a level in seconds; a Diffusion-HMC posterior takes
+about 1-3 minutes on one CPU core with the default inference settings (``K = 20``), so a run
+costs about ``N (2 L - 1)`` posteriors for ``L`` levels including 0 (``N = 10``, 5 levels:
+90 posteriors, 2-4 hours).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from diffhmc import __version__
+from diffhmc.core.errors import DiffHMCError, check_int_fields
+from diffhmc.core.fileio import atomic_path, load_json, save_figure, save_json
+from diffhmc.data.noise import add_log_noise
+
+__all__ = [
+    "METHODS",
+    "METHOD_LABELS",
+    "Predictor",
+    "RobustnessConfig",
+    "pick_maps",
+    "run_robustness",
+    "robustness_table",
+]
+
+METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
+METHOD_LABELS = {
+    "cnn": "CNN",
+    "npe": "NPE on P(k)",
+    "dhmc": "Diffusion-HMC",
+    "dhmc-noise": "Diffusion-HMC, noise-aware",
+}
+DEFAULT_LEVELS = (0.0, 0.01, 0.02, 0.05, 0.1)
+KEYS = ("mean", "std", "lo68", "hi68", "lo95", "hi95")
+Log = Callable[[str], None]
+
+
+class Predictor(Protocol):
+    """What a baseline offers (:class:`diffhmc.baselines.api.Baseline`)."""
+
+    kind: str
+    source: str
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def predict(self, maps: Any, seed: int = 0) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Settings of one robustness run (validated; saved as ``config.json``)."""
+
+    dataset: str
+    split: str = "test"
+    n_maps: int = 10
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    """Noise std in dex added to ``log10`` of the maps (0 = the clean maps)."""
+    methods: tuple[str, ...] = METHODS
+    noise_seed: int = 0
+    pick_seed: int = 0
+    """Seed of the map chosen per simulation (as ``diffhmc infer --dataset``)."""
+    baseline_seed: int = 0
+    """Seed of NPE's posterior draws."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(float(v) for v in self.levels))
+        object.__setattr__(self, "methods", tuple(str(m) for m in self.methods))
+        if isinstance(self.n_maps, bool) or not isinstance(self.n_maps, int) or self.n_maps < 1:
+            raise DiffHMCError(f"n_maps must be an integer >= 1, got {self.n_maps!r}")
+        if not self.levels or any(not (math.isfinite(v) and v >= 0) for v in self.levels):
+            raise DiffHMCError(f"levels must be finite numbers >= 0, got {self.levels}")
+        if len(set(self.levels)) != len(self.levels):
+            raise DiffHMCError(f"levels must be distinct, got {self.levels}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods or len(set(self.methods)) != len(self.methods):
+            raise DiffHMCError(f"methods must be distinct names from {METHODS}, got {self.methods}")
+        check_int_fields(self, dict.fromkeys(("noise_seed", "pick_seed", "baseline_seed"), 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["levels"], d["methods"] = list(self.levels), list(self.methods)
+        return d
+
+
+def pick_maps(sim_id: np.ndarray, sims: np.ndarray, n: int, seed: int) -> list[tuple[int, int]]:
+    """``(row, sim)`` of one map per simulation for the first ``n`` simulations ``sims``,
+    chosen by ``numpy.random.default_rng(seed)`` (the picks of ``diffhmc infer --dataset``)."""
+    if n < 1 or n > len(sims):
+        raise DiffHMCError(f"n_maps must be in [1, {len(sims)}] for this split, got {n}")
+    rng = np.random.default_rng(seed)
+    picks = []
+    for sim in sims[:n]:
+        rows = np.flatnonzero(sim_id == sim)
+        picks.append((int(rng.choice(rows)), int(sim)))
+    return picks
+
+
+def _level_dir(level: float) -> str:
+    return f"level_{level:g}"
+
+
+def _result_path(out: Path, method: str, level: float, row: int, sim: int) -> Path:
+    return out / "results" / method / _level_dir(level) / f"sim{sim:04d}_row{row:06d}.json"
+
+
+def _posterior_record(summary: dict[str, Any], names: Sequence[str]) -> dict[str, list[float]]:
+    rec: dict[str, list[float]] = {k: [] for k in KEYS}
+    for n in names:
+        p = summary["parameters"][n]
+        rec["mean"].append(float(p["mean"]))
+        rec["std"].append(float(p["std"]))
+        rec["lo68"].append(float(p["interval_68"][0]))
+        rec["hi68"].append(float(p["interval_68"][1]))
+        rec["lo95"].append(float(p["interval_95"][0]))
+        rec["hi95"].append(float(p["interval_95"][1]))
+    return rec
+
+
+def _check_resume(out: Path, settings: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:
+    """Refuse a folder whose run had other settings or another model for a method asked for
+    again; returns the sources of the saved and the new methods. Methods, noise levels and
+    maps can be added to (or left out of) a run: every result lives in its own file, a
+    level's noise does not depend on the other levels, and the first ``n`` picks do not
+    depend on ``n``."""
+    path = out / "config.json"
+    if not path.exists():
+        return dict(sources)
+    saved = load_json(path, "robustness config")
+    if saved.get("settings") != settings:
+        raise DiffHMCError(
+            f"{out} holds a robustness run with other settings ({path}); "
+            "use a new --out folder or the same settings to resume"
+        )
+    old = dict(saved.get("sources", {}))
+    for m, src in sources.items():
+        if m in old and old[m] != src:
+            raise DiffHMCError(
+                f"{out}: method {m} was run with {old[m]}, not {src}; use a new --out folder"
+            )
+    return {**old, **sources}
+
+
+def run_robustness(
+    cfg: RobustnessConfig,
+    out: Path,
+    model: Any = None,
+    baselines: dict[str, Predictor] | None = None,
+    infer_cfg: Any = None,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run (or resume) the robustness comparison into ``out``; returns the table dict.
+
+    ``model``: a :class:`diffhmc.emulator.checkpoint.LoadedModel` (needed for ``dhmc`` methods);
+    ``baselines``: ``{"cnn": ..., "npe": ...}`` predictors for the baseline methods;
+    ``infer_cfg``: the :class:`diffhmc.inference.posterior.InferenceConfig` of every posterior (its
+    ``noise_std`` is set per method and level).
+    """
+    from tqdm import tqdm
+
+    from diffhmc.data.dataset import load_dataset
+    from diffhmc.inference.posterior import InferenceConfig, infer_map
+
+    baselines = dict(baselines or {})
+    infer_cfg = infer_cfg or InferenceConfig()
+    dhmc = [m for m in cfg.methods if m.startswith("dhmc")]
+    if dhmc and model is None:
+        raise DiffHMCError(f"methods {dhmc} need a diffusion model")
+    missing = [m for m in cfg.methods if m in ("cnn", "npe") and m not in baselines]
+    if missing:
+        raise DiffHMCError(f"no trained baseline given for {missing}")
+    ds = load_dataset(cfg.dataset)
+    names = list(ds.space.names)
+    for who, nm in [("model", None if model is None else list(model.space.names))] + [
+        (k, list(b.names)) for k, b in baselines.items() if k in cfg.methods
+    ]:
+        if nm is not None and nm != names:
+            raise DiffHMCError(f"{who} parameters {nm} differ from the dataset's {names}")
+    sims = ds.splits.get(cfg.split)
+    if sims is None:
+        raise DiffHMCError(f"unknown split {cfg.split!r}; valid: {sorted(ds.splits)}")
+    picks = pick_maps(ds.sim_id, sims, cfg.n_maps, cfg.pick_seed)
+    rows = np.array([r for r, _ in picks])
+    truth = ds.params[rows]
+    settings = {
+        "robustness": {
+            k: v for k, v in cfg.to_dict().items() if k not in ("methods", "levels", "n_maps")
+        },
+        "inference": infer_cfg.to_dict(),
+    }
+    sources = {m: str(model.source) if m in dhmc else str(baselines[m].source) for m in cfg.methods}
+    out.mkdir(parents=True, exist_ok=True)
+    sources = _check_resume(out, settings, sources)
+    save_json(
+        out / "config.json",
+        {
+            "settings": settings,
+            "sources": sources,
+            "picks": [[r, s] for r, s in picks],
+            "package_version": __version__,
+        },
+    )
+    clean = np.asarray(ds.maps[rows], dtype=np.float64)
+    noisy = {lv: add_log_noise(clean, lv, cfg.noise_seed, keys=rows) for lv in cfg.levels}
+
+    def done(method: str, level: float, i: int) -> bool:
+        row, sim = picks[i]
+        return _result_path(out, method, level, row, sim).exists()
+
+    def save(method: str, level: float, i: int, rec: dict[str, Any], **extra: Any) -> None:
+        row, sim = picks[i]
+        payload = {
+            "method": method,
+            "level": level,
+            "row": row,
+            "sim": sim,
+            "truth": truth[i].tolist(),
+            **rec,
+            **extra,
+        }
+        save_json(_result_path(out, method, level, row, sim), payload)
+
+    # baselines: one batched prediction per level (seconds)
+    for method in (m for m in cfg.methods if m in ("cnn", "npe")):
+        for lv in cfg.levels:
+            todo = [i for i in range(len(picks)) if not done(method, lv, i)]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            pred = baselines[method].predict(noisy[lv][todo], seed=cfg.baseline_seed)
+            sec = (time.perf_counter() - t0) / len(todo)
+            for j, i in enumerate(todo):
+                rec = {k: np.asarray(pred[k][j], dtype=np.float64).tolist() for k in KEYS}
+                save(method, lv, i, rec, seconds=sec)
+            log(f"{method} at noise {lv:g}: {len(todo)} maps predicted")
+    # Diffusion-HMC: one posterior per method, level and map
+    jobs = []  # map by map, so that an interrupted run has whole maps done (see --n)
+    for i in range(len(picks)):
+        for lv in cfg.levels:
+            for method in dhmc:
+                if method == "dhmc-noise" and lv == 0.0 and "dhmc" in dhmc:
+                    continue  # the same posterior as dhmc at zero noise: stored for both
+                if not done(method, lv, i):
+                    jobs.append((method, lv, i))
+    bar = tqdm(jobs, desc="posteriors", unit="post", disable=not progress)
+    for method, lv, i in bar:
+        bar.set_postfix_str(f"{method} s={lv:g} map {i + 1}/{len(picks)}")
+        noise_std = lv if method == "dhmc-noise" else 0.0
+        icfg = replace(infer_cfg, noise_std=noise_std)
+        t0 = time.perf_counter()
+        post = infer_map(model, noisy[lv][i], icfg, truth=truth[i])
+        rec = _posterior_record(post.summary, names)
+        extra = {
+            "seconds": time.perf_counter() - t0,
+            "noise_std_in_likelihood": noise_std,
+            "warnings": list(post.summary.get("warnings", [])),
+            "summary": post.summary,
+        }
+        save(method, lv, i, rec, **extra)
+        if lv == 0.0 and method == "dhmc" and "dhmc-noise" in dhmc:
+            save("dhmc-noise", lv, i, rec, **extra, same_as="dhmc")
+    for lv in cfg.levels:  # copies of zero-noise posteriors computed before dhmc-noise was added
+        for i in range(len(picks)):
+            if lv == 0.0 and "dhmc-noise" in dhmc and not done("dhmc-noise", lv, i):
+                row, sim = picks[i]
+                src = load_json(_result_path(out, "dhmc", lv, row, sim))
+                save("dhmc-noise", lv, i, {k: src[k] for k in KEYS}, same_as="dhmc")
+    table = robustness_table(out, cfg, picks, names)
+    _write_outputs(out, table, cfg, names, picks)
+    log(f"robustness table and figure in {out}")
+    return table
+
+
+def load_results(
+    out: Path, cfg: RobustnessConfig, picks: Sequence[tuple[int, int]]
+) -> dict[tuple[str, float], dict[str, np.ndarray]]:
+    """``{(method, level): {key: (N, P) array, "truth": (N, P)}}`` from the saved results."""
+    res: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    for method in cfg.methods:
+        for lv in cfg.levels:
+            recs = [load_json(_result_path(out, method, lv, r, s)) for r, s in picks]
+            res[(method, lv)] = {
+                k: np.asarray([rec[k] for rec in recs], dtype=np.float64) for k in (*KEYS, "truth")
+            }
+    return res
+
+
+def robustness_table(
+    out: Path, cfg: RobustnessConfig, picks: Sequence[tuple[int, int]], names: Sequence[str]
+) -> dict[str, Any]:
+    """Metrics per method, level and parameter from the saved results."""
+    from diffhmc.baselines.api import baseline_metrics
+
+    rows = []
+    for (method, lv), arr in load_results(out, cfg, picks).items():
+        pred = {k: arr[k] for k in KEYS}
+        metrics = baseline_metrics(pred, arr["truth"], names)
+        for name, m in metrics["params"].items():
+            rows.append(
+                {
+                    "method": method,
+                    "noise_std": lv,
+                    "parameter": name,
+                    "n_maps": metrics["n_maps"],
+                    **{k: m[k] for k in _METRIC_KEYS},
+                }
+            )
+    return {"settings": cfg.to_dict(), "n_maps": len(picks), "rows": rows}
+
+
+_METRIC_KEYS = (
+    "mean_abs_bias_pct",
+    "rmse",
+    "mean_abs_z",
+    "coverage_68",
+    "coverage_95",
+    "mean_std",
+)
+
+
+def markdown_table(table: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
+    """Paper-style tables (one per metric: mean |bias| in %, RMSE, mean |z|, 68%/95%
+    coverage), one row per noise level and parameter, one column per method."""
+    by = {(r["method"], r["noise_std"], r["parameter"]): r for r in table["rows"]}
+    levels = sorted({r["noise_std"] for r in table["rows"]})
+    blocks = [
+        f"Noise robustness on {table['n_maps']} test maps (Gaussian noise of the given std "
+        "in dex added to log10 of each map).\n"
+    ]
+    specs = [
+        ("Mean |bias| (%)", lambda r: f"{r['mean_abs_bias_pct']:.1f}"),
+        ("RMSE", lambda r: f"{r['rmse']:.4f}"),
+        ("Mean |z|", lambda r: f"{r['mean_abs_z']:.2f}"),
+        (
+            "Coverage of the 68% / 95% intervals",
+            lambda r: f"{r['coverage_68']:.2f} / {r['coverage_95']:.2f}",
+        ),
+    ]
+    for title, fmt in specs:
+        lines = [
+            f"### {title}\n",
+            "| noise (dex) | parameter | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+            "|---" * (len(methods) + 2) + "|",
+        ]
+        for lv in levels:
+            for n in names:
+                cells = [fmt(by[(m, lv, n)]) for m in methods]
+                lines.append(f"| {lv:g} | {n} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def _write_outputs(
+    out: Path,
+    table: dict[str, Any],
+    cfg: RobustnessConfig,
+    names: Sequence[str],
+    picks: Sequence[tuple[int, int]],
+) -> None:
+    from diffhmc.plots.robustness import robustness_figure
+
+    save_json(out / "table.json", {**table, "package_version": __version__})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table["rows"][0]))
+    w.writeheader()
+    w.writerows(table["rows"])
+    with atomic_path(out / "table.csv") as tmp:
+        tmp.write_text(buf.getvalue())
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(markdown_table(table, cfg.methods, names))
+    results = load_results(out, cfg, picks)
+    fig = robustness_figure(results, cfg.methods, cfg.levels, names, METHOD_LABELS)
+    save_figure(out / "robustness.png", fig)
