@@ -41,7 +41,7 @@ from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset
 from diffhmc.emulator.checkpoint import load_model
-from diffhmc.evaluation.recalibration import wilson_interval
+from diffhmc.evaluation.metrics import wilson_interval
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.inference.posterior import InferenceConfig, infer_map
 

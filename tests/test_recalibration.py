@@ -10,13 +10,13 @@ import pytest
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
+from diffhmc.evaluation.metrics import wilson_interval
 from diffhmc.evaluation.recalibration import (
     Recalibration,
     coverage,
     fit_widening,
     load_recalibration,
     widen,
-    wilson_interval,
 )
 
 SPACE = ParamSpace.camels()

@@ -99,6 +99,25 @@ class ParamSpace:
         """Inverse of :meth:`normalize`."""
         return self.low + np.asarray(u, dtype=np.float64) * (self.high - self.low)
 
+    def to_unconstrained(self, theta: np.ndarray, what: str = "parameters") -> np.ndarray:
+        """``z = logit((theta - low) / (high - low))``, shape preserved (``(..., P)``).
+
+        The sampler's coordinates (:class:`diffhmc.inference.potential.BoxTransform` is the
+        torch/autograd twin). ``theta`` must lie strictly inside the box (edges map to
+        ``+-inf``); otherwise :class:`DiffHMCError` naming ``what``.
+        """
+        u = self.normalize(theta)
+        if u.shape[-1:] != (self.dim,) or not np.all((u > 0) & (u < 1)):
+            raise DiffHMCError(
+                f"{what} must have shape (..., {self.dim}) and lie strictly inside the prior "
+                f"box {self.to_dict()}"
+            )
+        return np.log(u) - np.log1p(-u)
+
+    def from_unconstrained(self, z: np.ndarray) -> np.ndarray:
+        """``theta = low + (high - low) sigmoid(z)``, the inverse of :meth:`to_unconstrained`."""
+        return self.denormalize(1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64))))
+
     def to_dict(self) -> dict[str, list]:
         return {"names": list(self.names), "lows": list(self.lows), "highs": list(self.highs)}
 

@@ -43,6 +43,7 @@ import numpy as np
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import SHIPPED_MODELS_DIR, load_json, save_json
 from diffhmc.core.prior import ParamSpace
+from diffhmc.evaluation.metrics import wilson_interval
 
 __all__ = [
     "LEVELS",
@@ -58,7 +59,6 @@ __all__ = [
     "shipped_path",
     "shipped_recalibration",
     "widen",
-    "wilson_interval",
 ]
 
 LEVELS = (0.68, 0.95)
@@ -110,13 +110,6 @@ def shipped_path(settings: dict[str, Any]) -> Path:
     return path
 
 
-def _unit_z(theta: np.ndarray, space: ParamSpace) -> np.ndarray:
-    u = (np.asarray(theta, dtype=np.float64) - space.low) / (space.high - space.low)
-    if not np.all((u > 0) & (u < 1)):
-        raise DiffHMCError(f"posterior draws must lie strictly inside the prior box {space}")
-    return np.log(u) - np.log1p(-u)
-
-
 def widen(
     theta: np.ndarray,
     factors: Sequence[float] | np.ndarray,
@@ -133,7 +126,7 @@ def widen(
             f"widen needs draws (..., {space.dim}) and {space.dim} factors, got "
             f"{th.shape} and {s.shape}"
         )
-    z = _unit_z(th, space)
+    z = space.to_unconstrained(th, "posterior draws")
     flat = z.reshape(-1, space.dim)
     if weights is None:
         zbar = flat.mean(axis=0)
@@ -144,20 +137,6 @@ def widen(
         zbar = (w[:, None] * flat).sum(axis=0) / w.sum()
     z2 = zbar + s * (z - zbar)
     return space.low + (space.high - space.low) / (1.0 + np.exp(-z2))
-
-
-def wilson_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``hits / n`` (two-sided ``level``)."""
-    if n <= 0 or not 0 <= hits <= n:
-        raise DiffHMCError(f"wilson_interval needs 0 <= hits <= n, n > 0; got {hits}, {n}")
-    from statistics import NormalDist
-
-    zq = NormalDist().inv_cdf(0.5 + level / 2)
-    p = hits / n
-    den = 1 + zq**2 / n
-    mid = (p + zq**2 / (2 * n)) / den
-    half = zq * math.sqrt(p * (1 - p) / n + zq**2 / (4 * n**2)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def _check_runs(
@@ -213,7 +192,8 @@ def coverage(
     """
     runs, t = _check_runs(draws, truths, space)
     s = np.ones(space.dim) if factors is None else np.asarray(factors, dtype=np.float64)
-    z, tz = [_unit_z(d, space) for d in runs], _unit_z(t, space)
+    z = [space.to_unconstrained(d, "posterior draws") for d in runs]
+    tz = space.to_unconstrained(t, "truths")
     widened = [widen(d, s, space) for d in runs]
     n = len(runs)
     out: dict[str, dict[str, Any]] = {}
@@ -235,7 +215,8 @@ def fit_widening(draws: Sequence[np.ndarray], truths: np.ndarray, space: ParamSp
     parameter, the middle of the range of ``s`` in ``WIDEN_GRID`` that minimises
     ``sum_levels (coverage(s) - level)^2`` (coverage is a step function of ``s``)."""
     runs, t = _check_runs(draws, truths, space)
-    z, tz = [_unit_z(d, space) for d in runs], _unit_z(t, space)
+    z = [space.to_unconstrained(d, "posterior draws") for d in runs]
+    tz = space.to_unconstrained(t, "truths")
     factors = np.empty(space.dim)
     for i in range(space.dim):
         cov = _coverage_grid(z, tz, i, WIDEN_GRID)
