@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from diffhmc.batch.cluster import ClusterSpec
-from diffhmc.cli.main import GLIBC_TUNABLES
 from diffhmc.core.fileio import save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import GLIBC_TUNABLES, machine_info
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL, load_model
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
-from diffhmc.inference.posterior import InferenceConfig
 
 
 def _peak_rss_mib() -> float:

@@ -3,13 +3,13 @@
 Part ``grad``: gradients of the potential ``U(z)`` (value and gradient, K timesteps, M
 draws) per second, for ``B`` points ``z`` evaluated one call each (the unbatched path: ``B``
 network calls of ``K M`` rows) and all in one call (the batched path of
-:func:`diffhmc.inference.mcmc.run_nuts_vectorized` and :class:`diffhmc.inference.likelihood.StackedBound`:
-one call of ``B K M`` rows), in the same run; the ratio is the figure. ``B`` is the number
-of chains times maps sharing a call. Resolutions: 64^2 with the shipped model on a test map,
-and (``--r256``) 256^2: the shipped weights applied to a test map upsampled 4x. The U-Net is
-fully convolutional (linear attention, softmax attention at the bottleneck), so that is the
-cost of a 256^2 model of the same architecture; its likelihood is not a trained one
-(timing only).
+:func:`diffhmc.inference.mcmc.run_nuts_vectorized` and
+:class:`diffhmc.inference.likelihood.StackedBound`: one call of ``B K M`` rows), in the
+same run; the ratio is the figure. ``B`` is the number of chains times maps sharing a call.
+Resolutions: 64^2 with the shipped model on a test map, and (``--r256``) 256^2: the shipped
+weights applied to a test map upsampled 4x. The U-Net is fully convolutional (linear
+attention, softmax attention at the bottleneck), so that is the cost of a 256^2 model of the
+same architecture; its likelihood is not a trained one (timing only).
 
 Part ``posterior`` (``--posterior``): one 64^2 test map, (a) the default accelerated path
 (surrogate NUTS checked by the exact bound) and (b) a long exact-bound NUTS run with the
@@ -36,8 +36,10 @@ import torch
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.emulator.checkpoint import LoadedModel, load_model, read_checkpoint, resolve_model
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig
-from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, infer_map, prepare_map
+from diffhmc.inference.posterior import infer_map
 from diffhmc.inference.potential import Potential
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,15 +67,11 @@ def test_map(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     if args.maps_npz is not None:
         z = np.load(args.maps_npz)
         return z["maps"][args.map_index].astype(np.float64), z["params"][args.map_index]
-    import sys
-
-    sys.path.insert(0, str(ROOT / "evaluations"))
-    from calibration import pick_maps
-
     from diffhmc.data.dataset import load_dataset
+    from diffhmc.data.selection import pick_maps
 
     ds = load_dataset(args.dataset)
-    row, _ = pick_maps(ds, args.map_index + 1, 0)[args.map_index]
+    row, _ = pick_maps(ds.sim_id, ds.splits["test"], args.map_index + 1, 0)[args.map_index]
     return np.asarray(ds.maps[row], dtype=np.float64), ds.params[row]
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ import diffhmc
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset
+from diffhmc.data.selection import pick_maps
 from diffhmc.emulator.checkpoint import load_model
-from diffhmc.inference.posterior import InferenceConfig, infer_map
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.posterior import infer_map
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "evaluations"))
-from calibration import pick_maps  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = load_model(args.model)
     ds = load_dataset(args.dataset)
     rows = []
-    for r, s in pick_maps(ds, args.n, args.seed, "test"):
+    for r, s in pick_maps(ds.sim_id, ds.splits["test"], args.n, args.seed):
         t0 = time.perf_counter()
         post = infer_map(model, np.asarray(ds.maps[r]), InferenceConfig(), truth=ds.params[r])
         sm = post.summary

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from diffhmc.baselines.api import baseline_metrics, load_baseline, shipped_baseline
+from diffhmc.baselines.api import load_baseline, shipped_baseline
+from diffhmc.baselines.report import baseline_metrics
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset

@@ -1,8 +1,9 @@
 """Calibration of Diffusion-HMC posteriors on simulated test maps (shipped model).
 
-For N test simulations (one map each, seeded choice) this runs :func:`infer_map`, keeps each
-map's result as ``maps/map_XXXX.json`` (written atomically: a rerun skips finished maps), and
-then reports:
+For N test simulations (one seeded map each, :func:`diffhmc.data.selection.pick_maps`) this
+runs :func:`diffhmc.workflows.infer.infer_dataset` (what ``diffhmc infer --dataset`` runs:
+one folder per map, resumable, on Dask workers with ``--workers``), and then reports from
+the run folder (:func:`diffhmc.workflows.infer.load_batch_run`):
 
 - coverage of the 68% and 95% equal-tailed intervals per parameter (target: within 5
   points of nominal), mean |z| and RMSE of the posterior means;
@@ -12,78 +13,43 @@ then reports:
   the prior box, the fraction ``f`` of draws closer to it than the truth; the empirical
   coverage at credibility ``a`` is the fraction of maps with ``f < a``.
 
+The metrics are :mod:`diffhmc.evaluation.metrics`; SBC ranks and TARP use each posterior's
+draws thinned to about 400 (as the runs' records always kept).
+
     python evaluations/calibration.py --n 60 --timesteps 10          # resumable
-    python evaluations/calibration.py --report-only                    # figures + JSON
-
-On a GPU machine, with the maps carried as an .npz (``scripts/gpu/export_test_maps.py``,
-the same seeded picks) and several shard processes sharing the GPU::
-
-    python evaluations/calibration.py --maps-npz .transport/test64.npz --device cuda \
-        --timesteps 20 --draws 4 --shard 0 --n-shards 8 --out OUT &   # ... shards 1-7
-    python evaluations/calibration.py --maps-npz .transport/test64.npz --report-only --out OUT
+    python evaluations/calibration.py --report-only                    # figure + JSON
+    python evaluations/calibration.py --device cuda --workers 8 --timesteps 20 --draws 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
+from diffhmc.batch.cluster import ClusterSpec
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
-from diffhmc.data.dataset import load_dataset
-from diffhmc.emulator.checkpoint import load_model
-from diffhmc.evaluation.metrics import wilson_interval
+from diffhmc.core.prior import ParamSpace
+from diffhmc.evaluation import metrics
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
-from diffhmc.inference.posterior import InferenceConfig, infer_map
+from diffhmc.workflows.infer import infer_dataset, load_batch_run
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
     "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",
 }
-
-
-def pick_maps(ds, n: int, seed: int, split: str = "test") -> list[tuple[int, int]]:
-    """(row, sim) for one seeded map of each of the first n simulations of a split."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for sim in ds.splits[split][:n]:
-        rows = np.flatnonzero(ds.sim_id == sim)
-        out.append((int(rng.choice(rows)), int(sim)))
-    return out
-
-
-Pick = tuple[int, int, np.ndarray, np.ndarray]
-
-
-def load_maps(args: argparse.Namespace) -> tuple[list[Pick], Any]:
-    """``[(row, sim, map, truth)]`` for the first ``args.n`` picks, and the prior box
-    (``.low``, ``.high``): from ``--maps-npz`` when given, else from ``--dataset``."""
-    if args.maps_npz is not None:
-        z = np.load(args.maps_npz)
-        if int(z["seed"]) != args.seed or len(z["rows"]) < args.n:
-            raise SystemExit(f"{args.maps_npz} holds {len(z['rows'])} maps of seed {z['seed']}")
-        picks = [
-            (int(z["rows"][i]), int(z["sims"][i]), z["maps"][i], z["params"][i])
-            for i in range(args.n)
-        ]
-        return picks, SimpleNamespace(low=z["low"], high=z["high"])
-    ds = load_dataset(args.dataset)
-    picks = [
-        (r, s, np.asarray(ds.maps[r]), ds.params[r])
-        for r, s in pick_maps(ds, args.n, args.seed, args.split)
-    ]
-    return picks, ds.space
+KEEP_DRAWS = 400
 
 
 def run(args: argparse.Namespace) -> None:
+    from diffhmc.emulator.checkpoint import load_model
+
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
     cfg = InferenceConfig(
@@ -93,78 +59,56 @@ def run(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
     )
-    out = args.out / "maps"
-    out.mkdir(parents=True, exist_ok=True)
-    picks = load_maps(args)[0][args.shard :: args.n_shards]
-    todo = [p for p in picks if not (out / f"map_{p[1]:04d}.json").exists()]
-    for row, sim, density, truth in tqdm(todo, desc="posteriors", unit="map"):
-        t0 = time.perf_counter()
-        post = infer_map(model, np.asarray(density, dtype=np.float64), cfg, truth=truth)
-        draws = post.theta.reshape(-1, post.theta.shape[-1])
-        thin = draws[:: max(1, len(draws) // 400)]
-        rec = {
-            "sim": sim,
-            "row": row,
-            "truth": truth.tolist(),
-            "summary": post.summary,
-            "draws": thin.tolist(),
-            "seconds": time.perf_counter() - t0,
-        }
-        if post.summary.get("posterior_from") == "importance_weighted":
-            # the reported posterior is the weighted exact-check draws, not the chains
-            assert post.corrected_theta is not None and post.corrected_log_weights is not None
-            rec["weighted_draws"] = post.corrected_theta.tolist()
-            rec["log_weights"] = post.corrected_log_weights.tolist()
-        save_json(out / f"map_{sim:04d}.json", rec)
+    cluster = ClusterSpec(mode="inprocess")
+    if args.workers > 0:
+        cluster = ClusterSpec(mode="local", workers=args.workers)
+    infer_dataset(
+        args.dataset, args.split, args.n, model, cfg, args.out, args.seed, cluster=cluster
+    )
 
 
 def posterior_sample(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
     """The draws ``(N, P)`` and normalised weights ``(N,)`` of the posterior a map's summary
-    reports: the chain draws (equal weights), or for an importance-weighted posterior the
-    weighted exact-check draws. The flag says whether that posterior's draws were missing
-    (records written before they were kept): then the chain draws stand in."""
+    reports: the chain draws thinned to about :data:`KEEP_DRAWS` (equal weights), or for an
+    importance-weighted posterior its weighted draws. The flag says whether those were
+    missing from the folder: then the thinned chain draws stand in."""
+    d = rec["draws"].reshape(-1, rec["draws"].shape[-1])
+    d = d[:: max(1, len(d) // KEEP_DRAWS)]
     if rec["summary"].get("posterior_from") == "importance_weighted":
-        if "weighted_draws" in rec:
-            lw = np.asarray(rec["log_weights"], dtype=np.float64)
+        if rec["weighted"] is not None:
+            theta, lw = rec["weighted"]
             w = np.exp(lw - lw.max())
-            return np.asarray(rec["weighted_draws"]), w / w.sum(), False
-        d = np.asarray(rec["draws"])
+            return theta, w / w.sum(), False
         return d, np.full(len(d), 1.0 / len(d)), True
-    d = np.asarray(rec["draws"])
     return d, np.full(len(d), 1.0 / len(d)), False
 
 
 def report(args: argparse.Namespace) -> None:
-    recs = [json.loads(p.read_text()) for p in sorted((args.out / "maps").glob("map_*.json"))]
-    if not recs:
-        raise SystemExit("no finished maps")
-    names = list(recs[0]["summary"]["parameters"])
+    space = ParamSpace.camels()
+    names = list(space.names)
+    recs = load_batch_run(args.out, names)
     rng = np.random.default_rng(args.seed + 1)
-    space = load_maps(args)[1]
     low, high = space.low, space.high
     res: dict = {"n_maps": len(recs), "parameters": {}, "machine": machine_info()}
+    sims = [r["summary"]["sim"] for r in recs]
     # every metric uses the posterior each summary reports (posterior_sample): coverage and
     # z from the summary, SBC ranks and TARP from that posterior's (weighted) draws
-    ranks = {n: [] for n in names}
-    f_tarp = []
-    stand_ins = []
-    for r in recs:
+    ranks, f_tarp, stand_ins = [], [], []
+    for sim, r in zip(sims, recs, strict=True):
         d, w, stand_in = posterior_sample(r)
         if stand_in:
-            stand_ins.append(r["sim"])
-        t = np.asarray(r["truth"])
-        for i, n in enumerate(names):
-            ranks[n].append(float(w[d[:, i] < t[i]].sum()))
+            stand_ins.append(sim)
+        t = np.array([r["summary"]["parameters"][n]["truth"] for n in names])
+        ranks.append(metrics.sbc_ranks(d, t, w))
         ref = low + rng.random(len(names)) * (high - low)
-        scale = high - low
-        dist_d = np.linalg.norm((d - ref) / scale, axis=1)
-        dist_t = np.linalg.norm((t - ref) / scale)
-        f_tarp.append(float(w[dist_d < dist_t].sum()))
+        f_tarp.append(metrics.tarp_fraction(d, t, ref, high - low, w))
     res["importance_weighted_maps"] = [
-        r["sim"] for r in recs if r["summary"].get("posterior_from") == "importance_weighted"
+        s
+        for s, r in zip(sims, recs, strict=True)
+        if r["summary"].get("posterior_from") == "importance_weighted"
     ]
     res["chain_draws_stand_in_for_weighted"] = stand_ins
-    for n in names:
+    for i, n in enumerate(names):
         ps = [r["summary"]["parameters"][n] for r in recs]
         mean = np.array([p["mean"] for p in ps])
         truth = np.array([p["truth"] for p in ps])
@@ -172,29 +116,45 @@ def report(args: argparse.Namespace) -> None:
         res["parameters"][n] = {
             "coverage_68": hits68 / len(ps),
             "coverage_95": hits95 / len(ps),
-            "ci_68_wilson95": list(wilson_interval(hits68, len(ps))),
-            "ci_95_wilson95": list(wilson_interval(hits95, len(ps))),
+            "ci_68_wilson95": list(metrics.wilson_interval(hits68, len(ps))),
+            "ci_95_wilson95": list(metrics.wilson_interval(hits95, len(ps))),
             "mean_abs_z": float(np.mean([abs(p["z_score"]) for p in ps])),
-            "rmse": float(np.sqrt(np.mean((mean - truth) ** 2))),
+            "rmse": float(metrics.rmse(mean, truth)),
             "mean_std": float(np.mean([p["std"] for p in ps])),
-            "mean_bias_percent": float(np.mean(np.abs(mean - truth) / truth) * 100),
-            "sbc_ranks": ranks[n],
+            "mean_bias_percent": float(metrics.mean_abs_bias_percent(mean, truth)),
+            "sbc_ranks": [float(rk[i]) for rk in ranks],
         }
     alphas = np.linspace(0, 1, 21)
-    ecp = [float(np.mean(np.array(f_tarp) < a)) for a in alphas]
+    ecp = metrics.tarp_coverage(f_tarp, alphas).tolist()
     res["tarp"] = {"alpha": alphas.tolist(), "coverage": ecp, "f": f_tarp}
-    res["seconds_per_map_median"] = float(np.median([r["seconds"] for r in recs]))
+    res["seconds_per_map_median"] = float(np.median([r["summary"]["seconds"] for r in recs]))
     res["settings"] = recs[0]["summary"]["settings"]
     res["warnings_per_map"] = {
-        r["sim"]: r["summary"]["warnings"] for r in recs if r["summary"]["warnings"]
+        s: r["summary"]["warnings"]
+        for s, r in zip(sims, recs, strict=True)
+        if r["summary"]["warnings"]
     }
     res["paper"] = PAPER
     save_json(args.out / "calibration.json", res)
+    save_figure(args.out / "calibration.png", figure(res, recs, names, low, high))
+    print(
+        json.dumps(
+            {
+                n: {k: v for k, v in c.items() if k != "sbc_ranks"}
+                for n, c in res["parameters"].items()
+            },
+            indent=1,
+        )
+    )
+
+
+def figure(res: dict, recs: list, names: list[str], low: np.ndarray, high: np.ndarray) -> Figure:
+    """TARP and rank ECDFs; posterior mean against truth per parameter."""
     fig = Figure(figsize=(13, 4), constrained_layout=True)
     ax = fig.subplots(1, 3)
-    ax[0].plot(alphas, ecp, "o-", label="TARP expected coverage")
+    ax[0].plot(res["tarp"]["alpha"], res["tarp"]["coverage"], "o-", label="TARP expected coverage")
     for n in names:
-        rk = np.sort(ranks[n])
+        rk = np.sort(res["parameters"][n]["sbc_ranks"])
         ax[0].plot(rk, np.arange(1, len(rk) + 1) / len(rk), label=f"{n} rank ECDF")
     ax[0].plot([0, 1], [0, 1], "k:")
     ax[0].set_xlabel("credibility level")
@@ -219,16 +179,7 @@ def report(args: argparse.Namespace) -> None:
         )
         ax[k + 1].set_xlabel(f"true {n}")
         ax[k + 1].set_ylabel(f"posterior mean {n}")
-    save_figure(args.out / "calibration.png", fig)
-    print(
-        json.dumps(
-            {
-                n: {k: v for k, v in c.items() if k != "sbc_ranks"}
-                for n, c in res["parameters"].items()
-            },
-            indent=1,
-        )
-    )
+    return fig
 
 
 def main() -> None:
@@ -242,22 +193,19 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--samples", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the map picks and chains")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--draws", type=int, default=1, help="noise draws per timestep (M)")
     ap.add_argument("--full-bound", type=int, default=0, help="importance-sampled timesteps")
     ap.add_argument("--max-batch", type=int, default=64, help="network rows per call")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--split", default="test", help="dataset split (val: to fit settings)")
-    ap.add_argument("--maps-npz", type=Path, default=None, help="maps carried as an .npz")
-    ap.add_argument("--shard", type=int, default=0, help="run maps shard::n_shards only")
-    ap.add_argument("--n-shards", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="local Dask workers (0: in process)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     if not args.report_only:
         run(args)
-    if args.n_shards == 1 or args.report_only:
-        report(args)
+    report(args)
 
 
 if __name__ == "__main__":

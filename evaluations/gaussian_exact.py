@@ -1,12 +1,12 @@
 """Exact-posterior check of Diffusion-HMC on Gaussian random fields (closed-form likelihood).
 
 A small conditional DDPM is trained on 16^2 periodic Gaussian random fields of
-:class:`diffhmc.simulation.gaussian.GaussianFieldFamily`, whose likelihood ``p(x | Omega_m, sigma_8)``
-is known exactly; on held-out fields (new seeded theta and noise, not in the training set)
-the Diffusion-HMC posterior is compared with the exact posterior on the same uniform prior
-box. Per parameter: the shift of the posterior mean in exact posterior stds and the ratio
-of the posterior stds (Diffusion-HMC / exact). Targets: mean |shift| <= 0.5 and std ratio in
-[0.8, 1.25].
+:class:`diffhmc.simulation.gaussian.GaussianFieldFamily`, whose likelihood
+``p(x | Omega_m, sigma_8)`` is known exactly; on held-out fields (new seeded theta and
+noise, not in the training set) the Diffusion-HMC posterior is compared with the exact
+posterior on the same uniform prior box. Per parameter: the shift of the posterior mean in
+exact posterior stds and the ratio of the posterior stds (Diffusion-HMC / exact). Targets:
+mean |shift| <= 0.5 and std ratio in [0.8, 1.25].
 
 The dataset stores a field ``x`` (normalised space of the family) as ``maps = 10**x``: the
 pipeline's log10 recovers ``x`` and its linear min-max normalisation does not change the
@@ -32,13 +32,11 @@ Bound variants (``--variant``; results are cached per field, a rerun resumes):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,8 @@ import numpy as np
 import torch
 
 from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.data.selection import held_out_fields
+from diffhmc.simulation.design import latin_hypercube_unit
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,22 +63,14 @@ def family() -> GaussianFieldFamily:
     return GaussianFieldFamily(n_pix=N_PIX)
 
 
-def latin_hypercube(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, dim)`` points in ``[0, 1)^dim``, one per stratum in every dimension."""
-    u = (np.arange(n)[:, None] + rng.random((n, dim))) / n
-    for d in range(dim):
-        u[:, d] = u[rng.permutation(n), d]
-    return u
-
-
 # ---------------------------------------------------------------------------------- data
 def cmd_data(args: argparse.Namespace) -> None:
-    from diffhmc.data.dataset import write_dataset
+    from diffhmc.data.writer import write_dataset
 
     fam = family()
     space = fam.param_space
     rng = np.random.default_rng(args.seed)
-    theta_sim = space.denormalize(latin_hypercube(args.n_sims, space.dim, rng))
+    theta_sim = space.denormalize(latin_hypercube_unit(args.n_sims, space.dim, rng))
     sim_id = np.repeat(np.arange(args.n_sims), args.maps_per_sim)
     params = theta_sim[sim_id]
     gen = torch.Generator().manual_seed(args.seed)
@@ -134,24 +126,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------- check
-def held_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` seeded held-out fields: theta uniform in the prior box (a stream separate from the
-    training design), fields ``(n, N, N)`` float64 in the family's space. Field ``i`` depends
-    only on ``(seed, i)``, so any ``n`` (or a split of the range) gives the same fields."""
-    fam = family()
-    theta = np.empty((n, fam.param_space.dim))
-    x = np.empty((n, fam.n_pix, fam.n_pix))
-    for i in range(n):
-        rng = np.random.default_rng([seed, 777, i])
-        theta[i] = fam.param_space.denormalize(rng.random(fam.param_space.dim))
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        x[i] = fam.sample(torch.from_numpy(theta[i]), 1, gen)[0].numpy()
-    return theta, x
-
-
 class _ScaledFamily:
     """The family seen through the model's normalisation ``x_n = a x + b`` (duck-typed for
-    :func:`diffhmc.inference.likelihood.oracle_gaussian_eps`)."""
+    :func:`diffhmc.emulator.oracle.oracle_gaussian_eps`)."""
 
     def __init__(self, fam: GaussianFieldFamily, a: float, b: float) -> None:
         self.fam, self.a, self.b, self.n_pix = fam, a, b, fam.n_pix
@@ -173,7 +150,7 @@ class _OracleNet(torch.nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        from diffhmc.inference.likelihood import oracle_gaussian_eps
+        from diffhmc.emulator.oracle import oracle_gaussian_eps
 
         norm = model.normalization
         a = 2.0 / norm.span
@@ -198,42 +175,18 @@ def parse_variant(name: str) -> tuple[bool, str, int]:
     return oracle, kind, k
 
 
-def variant_timesteps(kind: str, k: int, schedule: Any, seed: int) -> tuple[list[int], Any]:
-    """Timesteps and weights (None: unit weights) of a bound variant."""
+def variant_timesteps(
+    kind: str, k: int, schedule: Any, seed: int
+) -> tuple[list[int], tuple[float, ...] | None]:
+    """Timesteps and weights (None: unit weights) of a bound variant, for
+    ``InferenceConfig(timesteps=..., bound_weights=...)``."""
     if kind == "k":
         return list(range(k)), None
-    from diffhmc.inference.likelihood import importance_timesteps
+    from diffhmc.inference.timesteps import importance_timesteps
 
     gen = torch.Generator().manual_seed(seed)
     ts, w = importance_timesteps(schedule, k, gen)
-    return ts, w
-
-
-@contextlib.contextmanager
-def weighted_bound(timesteps: list[int], weights: Any) -> Iterator[None]:
-    """Make :func:`diffhmc.inference.posterior.infer_map` use ``weights`` for the bound over exactly
-    ``timesteps`` (InferenceConfig has no weights setting); other bounds (the locate step's
-    cheap one) keep unit weights."""
-    import diffhmc.inference.posterior as inf
-
-    if weights is None:
-        yield
-        return
-    base = inf.BoundLikelihood
-    key = tuple(int(t) for t in timesteps)
-
-    class _Weighted(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            ts = kw.get("timesteps")
-            if ts is not None and tuple(int(t) for t in ts) == key and kw.get("weights") is None:
-                kw["weights"] = weights
-            super().__init__(*a, **kw)
-
-    inf.BoundLikelihood = _Weighted
-    try:
-        yield
-    finally:
-        inf.BoundLikelihood = base
+    return ts, tuple(float(v) for v in w)
 
 
 def _field_json(out: Path, variant: str, i: int) -> Path:
@@ -245,14 +198,15 @@ def cmd_check(args: argparse.Namespace) -> None:
 
     from diffhmc.core.errors import DiffHMCError
     from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.diagnostics import summarize_draws
     from diffhmc.inference.mcmc import NUTSConfig
-    from diffhmc.inference.posterior import InferenceConfig, infer_map
+    from diffhmc.inference.posterior import infer_map
 
     fam = family()
     names = list(fam.param_space.names)
     model = load_model(args.model)
-    theta, x = held_out(args.n, args.seed)
+    theta, x = held_out_fields(family(), args.n, args.seed)
     for variant in args.variant:
         oracle, kind, k = parse_variant(variant)
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
@@ -262,6 +216,7 @@ def cmd_check(args: argparse.Namespace) -> None:
             m.net = _OracleNet(model)
         cfg = InferenceConfig(
             timesteps=tuple(ts),
+            bound_weights=w,
             locate_timesteps=len(ts) if args.locate_full else 4,
             nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
         )
@@ -274,17 +229,15 @@ def cmd_check(args: argparse.Namespace) -> None:
             t_exact = time.perf_counter() - t0
             located = "full" if args.locate_full else "cheap"
             try:
-                with weighted_bound(ts, w):
-                    post = infer_map(m, np.power(10.0, x[i]), cfg, truth=theta[i])
+                post = infer_map(m, np.power(10.0, x[i]), cfg, truth=theta[i])
             except DiffHMCError as exc:  # retry once with infer_map's default locate step
                 if not args.locate_full:
                     raise
                 print(f"[{variant}] field {i}: {exc}; retrying with the cheap locate step")
                 located = "cheap (retry)"
-                with weighted_bound(ts, w):
-                    post = infer_map(
-                        m, np.power(10.0, x[i]), replace(cfg, locate_timesteps=4), truth=theta[i]
-                    )
+                post = infer_map(
+                    m, np.power(10.0, x[i]), replace(cfg, locate_timesteps=4), truth=theta[i]
+                )
             pars = post.summary["parameters"]
             chains = summarize_draws(post.theta, names, post.diverging)["parameters"]
             rec: dict[str, Any] = {
@@ -314,7 +267,7 @@ def cmd_check(args: argparse.Namespace) -> None:
                 "timings": post.timings,
                 "network_rows": post.summary.get("network_rows"),
                 "timesteps": ts,
-                "weights": None if w is None else [float(v) for v in w],
+                "weights": None if w is None else list(w),
             }
             rec["shift"] = {
                 n: (pars[n]["mean"] - rec["exact_mean"][j]) / rec["exact_std"][j]
@@ -335,22 +288,22 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def _grid_moments(lp: np.ndarray, om: np.ndarray, s8: np.ndarray) -> tuple[list, list]:
-    """Mean and std of a log density on an ``om x s8`` grid (trapezoid weights)."""
-    w0, w1 = np.ones_like(om), np.ones_like(s8)
-    w0[[0, -1]] = w1[[0, -1]] = 0.5
-    p = np.exp(lp - lp.max()) * w0[:, None] * w1[None, :]
-    p /= p.sum()
-    g = np.stack(np.meshgrid(om, s8, indexing="ij"), -1)
-    mu = (p[..., None] * g).sum((0, 1))
-    sd = np.sqrt((p[..., None] * (g - mu) ** 2).sum((0, 1)))
-    return mu.tolist(), sd.tolist()
+    """Mean and std of a log density on an ``om x s8`` grid, trapezoid weights (half at the
+    axes' ends) folded into :func:`diffhmc.inference.grid.grid_moments`."""
+    from diffhmc.inference.grid import grid_moments
+
+    w0, w1 = np.zeros_like(om), np.zeros_like(s8)
+    w0[[0, -1]] = w1[[0, -1]] = np.log(0.5)
+    mean, cov, _ = grid_moments([om, s8], lp + w0[:, None] + w1[None, :], family().param_space)
+    return mean.tolist(), np.sqrt(cov.diagonal()).tolist()
 
 
 def cmd_bound_gap(args: argparse.Namespace) -> None:
     """The bound's own gap: posterior moments on a dense grid under the *oracle* bound (exact
     eps-prediction, no network, no sampler) vs the exact likelihood, per variant."""
     from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, prepare_map
+    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 
     fam = family()
     names = list(fam.param_space.names)
@@ -358,7 +311,7 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
     oracle = load_model(args.model)
     if not args.network:
         oracle.net = _OracleNet(model)
-    theta, x = held_out(args.n, args.seed)
+    theta, x = held_out_fields(family(), args.n, args.seed)
     fields = args.fields or list(range(args.n))
     lo, hi = fam.param_space.low, fam.param_space.high
     om = np.linspace(lo[0], hi[0], args.grid)
@@ -373,12 +326,11 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
     for variant in args.variant:
         _, kind, k = parse_variant(variant.removeprefix("oracle-"))
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
-        cfg = InferenceConfig(timesteps=tuple(ts), max_batch=4096)
+        cfg = InferenceConfig(timesteps=tuple(ts), bound_weights=w, max_batch=4096)
         recs = []
         for i in fields:
             x0 = prepare_map(np.power(10.0, x[i]), oracle)
-            with weighted_bound(ts, w):
-                like = MapLikelihood(oracle, x0, cfg)
+            like = MapLikelihood(oracle, x0, cfg)
             lp = like.batched(grid).numpy().reshape(args.grid, args.grid)
             mu, sd = _grid_moments(lp, om, s8)
             em, es = exact[i]
@@ -411,10 +363,10 @@ def val_loss_vs_oracle(model_path: Path, n_maps: int = 512, reps: int = 4) -> di
     the same seeded (t, eps) draws: the oracle's value is the floor of the training loss."""
     from diffhmc.data.dataset import load_dataset
     from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.emulator.train import _tensors
+    from diffhmc.emulator.train import split_tensors
 
     model = load_model(model_path)
-    x, th = _tensors(load_dataset(DATA), "val", n_maps)
+    x, th = split_tensors(load_dataset(DATA), "val", n_maps)
     orc = _OracleNet(model)
     gen = torch.Generator().manual_seed(0)
     net_l, orc_l = [], []
@@ -471,8 +423,8 @@ def _aggregate(recs: list[dict[str, Any]], names: list[str], sub: bool = True) -
     failed = [r["field"] for r in recs if sampler_failed(r)]
     agg["sampler_failures"] = failed
     if sub and failed and len(failed) < len(recs):
-        ok = [r for r in recs if r["field"] not in failed]
-        agg["excluding_sampler_failures"] = _aggregate(ok, names, sub=False)
+        kept = [r for r in recs if r["field"] not in failed]
+        agg["excluding_sampler_failures"] = _aggregate(kept, names, sub=False)
     return agg
 
 

@@ -1,6 +1,6 @@
 r"""Per-parameter recalibration of the shipped model's posteriors: fit on validation, test.
 
-Fits :func:`diffhmc.evaluation.recalibration.fit_recalibration` (one widening factor per parameter,
+Fits :func:`diffhmc.inference.recalibration.fit_recalibration` (one widening factor per parameter,
 in the sampler's unconstrained coordinates) on the saved posteriors of a calibration run on
 the VALIDATION split, and reports on the TEST split (other simulations, held out) the
 coverage of the 68/95% intervals with 95% Wilson intervals (the binomial uncertainty of N
@@ -28,44 +28,42 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL
-from diffhmc.evaluation.recalibration import (
+from diffhmc.evaluation.metrics import in_interval, wilson_interval
+from diffhmc.inference.recalibration import (
     bound_settings,
     coverage,
-    file_sha256,
     fit_recalibration,
     fit_widening,
     shipped_path,
     widen,
-    wilson_interval,
 )
+from diffhmc.workflows.infer import load_batch_run
 
 CURVE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
-def load_run(folder: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[int]]:
-    """Draws, truths and bound settings of a calibration run (``evaluations/calibration.py``
-    output: ``maps/map_*.json`` with ``draws``, ``truth`` and ``summary``), and the
-    simulations left out because their posterior is importance-weighted (the surrogate
-    missed the bound: the saved chain draws are not that posterior)."""
-    recs = [json.loads(p.read_text()) for p in sorted((folder / "maps").glob("map_*.json"))]
-    if not recs:
-        raise SystemExit(f"no finished maps in {folder / 'maps'}")
-    weighted = [r["sim"] for r in recs if r["summary"]["posterior_from"] != "surrogate_chains"]
+def load_run(
+    folder: Path, space: ParamSpace
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[int]]:
+    """Draws ``(C * S, P)``, truths and bound settings of a calibration run (a ``diffhmc
+    infer --dataset`` folder, :func:`load_batch_run`), and the simulations left out because
+    their posterior is importance-weighted (the surrogate missed the bound: the chain draws
+    are not that posterior)."""
+    recs = [r["summary"] | {"draws": r["draws"]} for r in load_batch_run(folder, space.names)]
+    weighted = [r["sim"] for r in recs if r["posterior_from"] != "surrogate_chains"]
     recs = [r for r in recs if r["sim"] not in weighted]
     # runs made before InferenceConfig.temperature existed ran at T = 1
-    settings = {"temperature": 1.0, **recs[0]["summary"]["settings"]}
+    settings = bound_settings({"temperature": 1.0, **recs[0]["settings"]})
     for r in recs:
-        if bound_settings({"temperature": 1.0, **r["summary"]["settings"]}) != bound_settings(
-            settings
-        ):
+        if bound_settings({"temperature": 1.0, **r["settings"]}) != settings:
             raise SystemExit(f"{folder}: map {r['sim']} has other settings")
-    draws = [np.asarray(r["draws"], dtype=np.float64) for r in recs]
-    truths = np.asarray([r["truth"] for r in recs], dtype=np.float64)
-    return draws, truths, bound_settings(settings), weighted
+    draws = [r["draws"].reshape(-1, space.dim) for r in recs]
+    truths = np.asarray([[r["parameters"][n]["truth"] for n in space.names] for r in recs])
+    return draws, truths, settings, weighted
 
 
 def evaluate(
@@ -93,16 +91,7 @@ def evaluate(
         entry["mean_abs_z"] = float(np.mean([m[name]["mean_abs_z"] for m in per_map]))
         cov[name] = entry
         curves[name] = [
-            float(
-                np.mean(
-                    [
-                        np.quantile(w[:, i], (1 - lv) / 2)
-                        <= t[i]
-                        <= np.quantile(w[:, i], (1 + lv) / 2)
-                        for w, t in zip(widened, truths, strict=True)
-                    ]
-                )
-            )
+            float(np.mean([in_interval(w, t, lv)[i] for w, t in zip(widened, truths, strict=True)]))
             for lv in CURVE_LEVELS
         ]
     return cov, curves
@@ -137,7 +126,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     space = ParamSpace.camels()
-    vd, vt, vset, v_out = load_run(args.val)
+    vd, vt, vset, v_out = load_run(args.val, space)
     recal = fit_recalibration(
         vd, vt, space, vset, file_sha256(DEFAULT_MODEL), source=f"{args.val} (val split)"
     )
@@ -152,12 +141,12 @@ def main() -> None:
         "fitted_on": {"folder": str(args.val), "n_maps": len(vd), "left_out_sims": v_out},
         "val": {k: coverage(vd, vt, space, f) for k, f in variants.items()},
         "method": "widening in z = logit of the unit box about the draws' mean "
-        "(diffhmc.evaluation.recalibration); intervals: 95% Wilson",
+        "(diffhmc.inference.recalibration); intervals: 95% Wilson",
         "machine": machine_info(),
     }
     held: dict[str, Any] = {}  # label -> (coverage, curve) on maps not used to fit
     if args.test is not None:
-        td, tt, tset, t_out = load_run(args.test)
+        td, tt, tset, t_out = load_run(args.test, space)
         if vset != tset:
             raise SystemExit(f"val and test runs differ in settings: {vset} vs {tset}")
         res["tested_on"] = {"folder": str(args.test), "n_maps": len(td), "left_out_sims": t_out}

@@ -1,6 +1,6 @@
 """How the Diffusion-HMC posterior moves with the likelihood's settings (shipped model).
 
-For test maps already in the calibration run (``evaluations/results/calibration/maps``), the
+For test maps already in the calibration run (``evaluations/results/calibration``), the
 exact posterior of each bound variant is computed by quadrature on one grid (module
 :mod:`diffhmc.inference.grid`) over the calibration posterior's mean ± ``--span`` std:
 
@@ -33,8 +33,10 @@ from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset
 from diffhmc.emulator.checkpoint import load_model
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.grid import compare_moments, grid_axes, grid_moments, grid_points
-from diffhmc.inference.posterior import InferenceConfig, MapLikelihood, prepare_map
+from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
+from diffhmc.workflows.infer import load_batch_run
 
 KS = (5, 10, 20, 40)
 REFERENCE = "full"
@@ -189,13 +191,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         model = load_model(args.model)
         ds = load_dataset(args.dataset)
-        cal = sorted((args.calibration / "maps").glob("map_*.json"))[: args.maps]
+        cal = load_batch_run(args.calibration, model.space.names)[: args.maps]
         (args.out / "maps").mkdir(parents=True, exist_ok=True)
-        for path in tqdm(cal, desc="maps", unit="map"):
-            dest = args.out / "maps" / path.name
+        for r in tqdm(cal, desc="maps", unit="map"):
+            sm = r["summary"]
+            dest = args.out / "maps" / f"map_{sm['sim']:04d}.json"
             if dest.exists():
                 continue
-            save_json(dest, one_map(model, ds, json.loads(path.read_text()), args))
+            truth = [sm["parameters"][n]["truth"] for n in model.space.names]
+            rec = {"row": sm["row"], "sim": sm["sim"], "truth": truth, "summary": sm}
+            save_json(dest, one_map(model, ds, rec, args))
     report(args)
 
 

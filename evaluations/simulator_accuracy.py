@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.simulation.simulator import REFERENCE_CONFIG, SimConfig, simulate_maps
-from diffhmc.stats.maps import power_spectrum
+from diffhmc.stats.spectra import power_spectrum
 
 COSMOLOGIES = [(0.3, 0.8), (0.15, 0.65), (0.45, 0.95)]
 SEEDS = [11, 12]

@@ -30,16 +30,26 @@ from matplotlib.figure import Figure
 
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
+from diffhmc.core.prior import ParamSpace
+from diffhmc.evaluation.metrics import in_interval, z_scores
+from diffhmc.workflows.infer import load_batch_run
 
 LEVELS = (0.68, 0.95)
 T_GRID = np.round(np.arange(1.0, 8.0001, 0.05), 2)
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
-    recs = [json.loads(p.read_text()) for p in sorted((folder / "maps").glob("map_*.json"))]
-    if not recs:
-        raise SystemExit(f"no finished maps in {folder / 'maps'}")
-    return recs
+    """The run's summaries (a ``diffhmc infer --dataset`` folder, :func:`load_batch_run`),
+    each with its draws ``(C * S, P)`` as ``draws`` and its ``truth (P,)``."""
+    names = ParamSpace.camels().names
+    return [
+        r["summary"]
+        | {
+            "draws": r["draws"].reshape(-1, len(names)),
+            "truth": [r["summary"]["parameters"][n]["truth"] for n in names],
+        }
+        for r in load_batch_run(folder, names)
+    ]
 
 
 def widened(draws: np.ndarray, t: float) -> np.ndarray:
@@ -50,18 +60,17 @@ def widened(draws: np.ndarray, t: float) -> np.ndarray:
 
 def coverage(recs: list[dict[str, Any]], t: float) -> dict[str, dict[str, float]]:
     """Per parameter: coverage of the 68/95% equal-tailed intervals and mean |z| at ``t``."""
-    names = list(recs[0]["summary"]["parameters"])
+    names = list(recs[0]["parameters"])
     out: dict[str, dict[str, float]] = {}
     for i, n in enumerate(names):
-        hits = {lv: [] for lv in LEVELS}
+        hits: dict[float, list[bool]] = {lv: [] for lv in LEVELS}
         zs = []
         for r in recs:
-            d = widened(np.asarray(r["draws"]), t)[:, i]
+            d = widened(r["draws"], t)[:, i]
             truth = r["truth"][i]
             for lv in LEVELS:
-                lo, hi = np.quantile(d, [(1 - lv) / 2, (1 + lv) / 2])
-                hits[lv].append(lo <= truth <= hi)
-            zs.append((d.mean() - truth) / d.std())
+                hits[lv].append(bool(in_interval(d[:, None], [truth], lv)[0]))
+            zs.append(z_scores(d.mean(), d.std(), truth))
         out[n] = {
             "coverage_68": float(np.mean(hits[0.68])),
             "coverage_95": float(np.mean(hits[0.95])),
@@ -80,12 +89,13 @@ def check(recs: list[dict[str, Any]], t: float, n: int, dataset: Path) -> list[d
     """Rerun the first ``n`` maps of ``recs`` with temperature ``t``; compare with widening."""
     from diffhmc.data.dataset import load_dataset
     from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.mcmc import NUTSConfig
-    from diffhmc.inference.posterior import InferenceConfig, infer_map
+    from diffhmc.inference.posterior import infer_map
 
     model = load_model(None)
     ds = load_dataset(dataset)
-    st = recs[0]["summary"]["settings"]
+    st = recs[0]["settings"]
     cfg = InferenceConfig(
         n_timesteps=st["n_timesteps"],
         n_draws=st["n_draws"],
@@ -99,7 +109,7 @@ def check(recs: list[dict[str, Any]], t: float, n: int, dataset: Path) -> list[d
     for r in recs[:n]:
         t0 = time.perf_counter()
         post = infer_map(model, np.asarray(ds.maps[r["row"]]), cfg, truth=r["truth"])
-        w = widened(np.asarray(r["draws"]), t)
+        w = widened(r["draws"], t)
         row: dict[str, Any] = {"sim": r["sim"], "seconds": time.perf_counter() - t0}
         for i, name in enumerate(post.summary["parameters"]):
             p = post.summary["parameters"][name]
@@ -137,7 +147,7 @@ def main() -> None:
         "temperature": t_fit,
         "fitted_on": {"folder": str(args.val), "n_maps": len(val)},
         "tested_on": {"folder": str(args.test), "n_maps": len(test)},
-        "settings": test[0]["summary"]["settings"],
+        "settings": test[0]["settings"],
         "val": {"T=1": curve_val[0], "T=fit": curve_val[best]},
         "test": {"T=1": curve_test[0], "T=fit": curve_test[best]},
         "method": "draws widened about their mean by sqrt(T) (Gaussian approximation)",

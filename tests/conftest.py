@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import write_dataset
+from diffhmc.data.writer import write_dataset
 from diffhmc.emulator.schedule import ScheduleConfig
 from diffhmc.emulator.train import TrainConfig
 from diffhmc.emulator.unet import UNetConfig

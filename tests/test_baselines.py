@@ -13,7 +13,9 @@ import torch
 
 from diffhmc.baselines import api as baseline
 from diffhmc.baselines import cnn, npe
-from diffhmc.baselines.api import baseline_metrics, load_baseline, make_config, train_baseline
+from diffhmc.baselines.api import load_baseline, make_config
+from diffhmc.baselines.report import baseline_metrics
+from diffhmc.baselines.training import train_baseline
 from diffhmc.cli.main import main
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.data.dataset import load_dataset

@@ -18,8 +18,8 @@ import pytest
 
 from diffhmc.batch.cluster import ClusterSpec, Job, SlurmSpec, run_jobs, slurm_cluster
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
-from diffhmc.inference.posterior import InferenceConfig
 
 CFG = InferenceConfig(n_timesteps=2, nuts=NUTSConfig(n_chains=2, n_warmup=20, n_samples=20))
 N_MAPS = 4
@@ -244,7 +244,8 @@ def test_slurm_spec_validation(values: dict[str, Any], message: str) -> None:
 
 
 def test_cli_batch_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from diffhmc.cli.main import _cluster_spec, build_parser, main
+    from diffhmc.cli.infer import cluster_spec as _cluster_spec
+    from diffhmc.cli.main import build_parser, main
 
     def spec(*extra: str) -> ClusterSpec:
         args = build_parser().parse_args(["infer", "--dataset", "d", *extra])

@@ -12,14 +12,11 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import (
-    FORMAT_NAME,
-    Normalization,
-    load_dataset,
-    split_simulations,
-    write_dataset,
-)
-from diffhmc.data.generate import latin_hypercube
+from diffhmc.data.dataset import FORMAT_NAME, load_dataset
+from diffhmc.data.normalization import Normalization
+from diffhmc.data.splits import split_simulations
+from diffhmc.data.writer import write_dataset
+from diffhmc.simulation.design import latin_hypercube
 
 SPACE = ParamSpace.camels()
 PER_SIM = 15

@@ -20,6 +20,8 @@ from diffhmc.emulator.checkpoint import read_checkpoint
 from diffhmc.emulator.train import TrainConfig, train
 from diffhmc.emulator.unet import UNet
 
+pytestmark = pytest.mark.slow  # two training processes (DDP over gloo)
+
 STEPS = 4
 ATOL = 3e-6  # float32: DDP sums the two ranks' gradients in another order, and the fused
 # attention kernel sums in an order that depends on the batch size (2 per rank vs 4)

@@ -9,7 +9,8 @@ import pytest
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.generate import generate_dataset, latin_hypercube, simulation_seeds
+from diffhmc.data.generate import generate_dataset
+from diffhmc.simulation.design import latin_hypercube, simulation_seeds
 
 SPACE = ParamSpace.camels()
 PER_SIM = 15

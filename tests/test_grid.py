@@ -10,9 +10,9 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
 from diffhmc.inference.grid import compare_to_grid, grid_axes, grid_posterior
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts
-from diffhmc.inference.posterior import _surrogate_potential, _unit_inits
 from diffhmc.inference.potential import Potential
 from diffhmc.inference.surrogate import QuadraticGPSurrogate
+from diffhmc.inference.surrogate_posterior import surrogate_potential, unit_inits
 
 SPACE = ParamSpace.camels()
 MEAN = np.array([0.31, 0.82])
@@ -67,8 +67,8 @@ def test_unit_box_surrogate_is_proper_for_a_likelihood_rising_to_the_box_edge() 
     sur = QuadraticGPSurrogate(u, 20.0 * u[:, 0])
     pot = Potential(lambda th: th.sum(-1) * 0, SPACE)
     cfg = NUTSConfig(n_chains=2, n_warmup=300, n_samples=600, seed=1)
-    u = _surrogate_potential(sur, pot)
-    res = run_nuts(lambda z: u(z.unsqueeze(0))[0], _unit_inits(sur, 2, 0), cfg)
+    u = surrogate_potential(sur, pot)
+    res = run_nuts(lambda z: u(z.unsqueeze(0))[0], unit_inits(sur, 2, 0), cfg)
     draws = torch.sigmoid(torch.from_numpy(res.z.reshape(-1, 2))).numpy()
     assert np.isfinite(draws).all()
     expect = 1 / (1 - np.exp(-20.0)) - 1 / 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,12 +13,14 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import Normalization
+from diffhmc.data.normalization import Normalization
+from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.diagnostics import summarize_draws
-from diffhmc.inference.likelihood import oracle_gaussian_eps
+from diffhmc.inference.map_likelihood import prepare_map
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts
-from diffhmc.inference.posterior import InferenceConfig, infer_map, prepare_map
+from diffhmc.inference.posterior import infer_map
 from diffhmc.inference.surrogate import QuadraticGPSurrogate
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
@@ -263,7 +266,7 @@ def test_cli_infer_bad_input(
 
 
 def test_temperature_divides_the_bound() -> None:
-    from diffhmc.inference.posterior import MapLikelihood
+    from diffhmc.inference.map_likelihood import MapLikelihood
 
     model, family = _oracle_model(n_pix=8)
     x = family.sample(torch.tensor([0.3, 0.8]), 1, generator=torch.Generator().manual_seed(2))[0]
@@ -280,14 +283,57 @@ def test_temperature_divides_the_bound() -> None:
             InferenceConfig(temperature=bad)
 
 
+def test_bound_weights_reach_the_bound() -> None:
+    """``InferenceConfig.bound_weights`` weight the posterior's bound: unit weights give the
+    same log L as ``None``; other weights give ``-(1/M) sum_m sum_k w_k L_{t_k}`` from the
+    unweighted terms, and differ from unit weights. The locate step's cheap bound keeps unit
+    weights; the weights are saved in the settings (only when set)."""
+    from diffhmc.inference.locate import locate_map
+    from diffhmc.inference.map_likelihood import MapLikelihood
+
+    model, family = _oracle_model(n_pix=8)
+    x = family.sample(torch.tensor([0.3, 0.8]), 1, generator=torch.Generator().manual_seed(2))[0]
+    density = 10.0 ** x.double().numpy()
+    x0 = prepare_map(density, model)
+    ts, w = (0, 2, 5, 9), (0.5, 2.0, 3.0, 1.5)
+    base = InferenceConfig(timesteps=ts, n_draws=2, max_batch=4096)
+    plain = MapLikelihood(model, x0, base)
+    unit = MapLikelihood(model, x0, InferenceConfig(**{**base.__dict__, "bound_weights": (1,) * 4}))
+    cfg = InferenceConfig(**{**base.__dict__, "bound_weights": w})
+    weighted = MapLikelihood(model, x0, cfg)
+    theta = torch.tensor([[0.3, 0.8], [0.25, 0.9], [0.4, 0.7]], dtype=torch.float64)
+    torch.testing.assert_close(unit(theta), plain(theta), rtol=0, atol=0)
+    terms = plain.bound.terms(theta.float())  # (B, M, K), unweighted
+    expect = -(terms * torch.tensor(w, dtype=terms.dtype)).sum(-1).mean(-1)
+    torch.testing.assert_close(weighted(theta), expect.double())
+    assert (weighted(theta) - plain(theta)).abs().min() > 1.0
+    assert cfg.to_dict()["bound_weights"] == list(w)
+    assert "bound_weights" not in base.to_dict()
+
+    located = replace(cfg, locate_timesteps=2, locate_rounds=1)
+    like, cheap, _, _ = locate_map(model, density, located, lambda _m: None)
+    assert cheap is not like and cheap.bound.timesteps == (0, 1)
+    torch.testing.assert_close(cheap.bound.weights, torch.ones(2))
+    torch.testing.assert_close(like.bound.weights, torch.tensor(w))
+    for bad in (
+        {"bound_weights": (1.0, 2.0)},  # no explicit timesteps
+        {"timesteps": ts, "bound_weights": (1.0, 2.0)},  # one weight per timestep
+        {"timesteps": ts, "bound_weights": (1.0, 2.0, float("nan"), 1.0)},
+        {"timesteps": ts, "bound_weights": w, "full_bound": 8},
+        {"timesteps": ts, "bound_weights": w, "noise_std": 0.01},
+    ):
+        with pytest.raises(DiffHMCError, match="bound_weights"):
+            InferenceConfig(**bad)  # type: ignore[arg-type]
+
+
 def test_cli_recalibrate_then_infer_with_it(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`diffhmc recalibrate` fits on a finished validation batch; `infer --recalibration`
     applies the file, and refuses it for other bound settings before any posterior runs."""
     from diffhmc.cli.main import main
-    from diffhmc.evaluation.recalibration import load_recalibration
     from diffhmc.inference.diagnostics import load_inference_data
+    from diffhmc.inference.recalibration import load_recalibration
 
     ds, ckpt = tiny_model
     base = ["--model", str(ckpt), *TINY_INFER]

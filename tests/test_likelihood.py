@@ -1,4 +1,5 @@
-"""Tests for diffhmc.inference.likelihood: the bound log-likelihood, importance timesteps, the oracle."""
+"""The bound log-likelihood (``inference.likelihood``), importance timesteps
+(``inference.timesteps``) and the Gaussian oracle eps-model (``emulator.oracle``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import pytest
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl, vlb_terms
-from diffhmc.inference.likelihood import (
-    BoundLikelihood,
-    importance_timesteps,
-    oracle_gaussian_eps,
-    proposal_probabilities,
-)
+from diffhmc.inference.likelihood import BoundLikelihood
+from diffhmc.inference.timesteps import importance_timesteps, proposal_probabilities
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 F64 = torch.float64

@@ -1,11 +1,12 @@
-"""The locate step (:func:`diffhmc.inference.posterior._locate`) on analytic log-likelihoods."""
+"""The locate step (:func:`diffhmc.inference.locate.locate`) on analytic log-likelihoods."""
 
 from __future__ import annotations
 
 import torch
 
 from diffhmc.core.prior import ParamSpace
-from diffhmc.inference.posterior import InferenceConfig, _locate
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.locate import locate
 from diffhmc.inference.potential import BoxTransform
 
 
@@ -29,7 +30,7 @@ class Gaussian:
 def _run(like: Gaussian, cheap: Gaussian) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     msgs: list[str] = []
     tr = BoxTransform(like.space)
-    z, y = _locate(like, cheap, tr, InferenceConfig(), msgs.append)  # type: ignore[arg-type]
+    z, y = locate(like, cheap, tr, InferenceConfig(), msgs.append)  # type: ignore[arg-type]
     return tr.inverse(z), y, msgs
 
 

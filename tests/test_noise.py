@@ -11,12 +11,15 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import Normalization
 from diffhmc.data.noise import add_log_noise, normalized_noise_std, unit_noise
+from diffhmc.data.normalization import Normalization
+from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl
-from diffhmc.inference.likelihood import BoundLikelihood, importance_timesteps, oracle_gaussian_eps
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.likelihood import BoundLikelihood
+from diffhmc.inference.map_likelihood import MapLikelihood
 from diffhmc.inference.noisy_likelihood import NoisyBoundLikelihood, match_noise_level
-from diffhmc.inference.posterior import InferenceConfig, MapLikelihood
+from diffhmc.inference.timesteps import importance_timesteps
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
 F64 = torch.float64
@@ -368,7 +371,8 @@ def test_inference_config_noise_std_and_map_likelihood() -> None:
 
 
 def test_infer_cli_noise_std_reaches_the_config() -> None:
-    from diffhmc.cli.main import _inference_config, build_parser
+    from diffhmc.cli.common import inference_config as _inference_config
+    from diffhmc.cli.main import build_parser
 
     args = build_parser().parse_args(["infer", "m.npy", "--noise-std", "0.05"])
     assert _inference_config(args).noise_std == 0.05

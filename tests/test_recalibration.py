@@ -1,4 +1,4 @@
-"""Per-parameter posterior recalibration (:mod:`diffhmc.evaluation.recalibration`)."""
+"""Per-parameter posterior recalibration (:mod:`diffhmc.inference.recalibration`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation.metrics import wilson_interval
-from diffhmc.evaluation.recalibration import (
+from diffhmc.inference.recalibration import (
     Recalibration,
     coverage,
     fit_widening,
@@ -138,8 +138,9 @@ def test_recalibration_checks_names_model_and_settings(tmp_path: Path) -> None:
 
 
 def test_shipped_recalibration_matches_the_shipped_model() -> None:
+    from diffhmc.core.fileio import file_sha256
     from diffhmc.emulator.checkpoint import DEFAULT_MODEL
-    from diffhmc.evaluation.recalibration import SHIPPED_DIR, file_sha256, shipped_recalibration
+    from diffhmc.inference.recalibration import SHIPPED_DIR, shipped_recalibration
 
     files = sorted(SHIPPED_DIR.glob("default_recalibration_k*m*.json"))
     assert files
@@ -159,8 +160,10 @@ def test_shipped_recalibration_matches_the_shipped_model() -> None:
 def test_recalibrate_posterior_widens_draws_and_recomputes_the_summary(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from diffhmc.emulator.checkpoint import model_sha256
     from diffhmc.inference.diagnostics import summarize_draws
-    from diffhmc.inference.posterior import Posterior, model_sha256, recalibrate
+    from diffhmc.inference.recalibration import recalibrate
+    from diffhmc.inference.result import Posterior
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")

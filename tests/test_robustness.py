@@ -59,8 +59,8 @@ def test_run_robustness_all_methods_table_figure_resume(
 ) -> None:
     from diffhmc.data.dataset import load_dataset
     from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.mcmc import NUTSConfig
-    from diffhmc.inference.posterior import InferenceConfig
     from diffhmc.workflows.robustness import RobustnessConfig, run_robustness
 
     ds_path, ckpt = tiny

@@ -30,7 +30,7 @@ from diffhmc.simulation.simulator import (
     simulate_maps,
     white_noise_k,
 )
-from diffhmc.stats.maps import power_spectrum
+from diffhmc.stats.spectra import power_spectrum
 
 F64 = torch.float64
 CPU = torch.device("cpu")

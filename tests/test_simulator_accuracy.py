@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
-from diffhmc.stats.maps import power_spectrum
+from diffhmc.stats.spectra import power_spectrum
 
 LOW = SimConfig(n_particles=24, n_mesh=48, n_steps=10, map_resolution=16)
 HIGH = SimConfig(n_particles=48, n_mesh=96, n_steps=20, map_resolution=16)

@@ -1,4 +1,4 @@
-"""Tests of diffhmc.stats.maps and diffhmc.plots.stats (closed forms wherever they exist)."""
+"""Tests of diffhmc.stats and diffhmc.plots.stats (closed forms wherever they exist)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy.special import erf, erfc
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.plots.stats import compare_statistics_figure, maps_grid_figure
-from diffhmc.stats.maps import (
+from diffhmc.stats import (
     band,
     minkowski_functionals,
     peak_counts,

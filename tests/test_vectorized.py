@@ -9,10 +9,11 @@ from test_inference import _oracle_model
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
+from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.diagnostics import summarize_draws
 from diffhmc.inference.likelihood import BoundLikelihood, StackedBound
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts_vectorized
-from diffhmc.inference.posterior import InferenceConfig, infer_map, infer_maps_joint
+from diffhmc.inference.posterior import infer_map, infer_maps_joint
 
 MU = torch.tensor([0.3, -1.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64) * 0.04

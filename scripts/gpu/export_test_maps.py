@@ -1,6 +1,6 @@
 """Carry test maps to the GPU machine: one seeded map per test simulation, as one .npz.
 
-The maps are exactly those :func:`evaluations.calibration.pick_maps` picks (same seed), so a
+The maps are exactly those :func:`diffhmc.data.selection.pick_maps` picks (same seed), so a
 calibration on the GPU machine runs on the same maps as one here.
 
     python scripts/gpu/export_test_maps.py --dataset data/pm64 --n 64 --out .transport/test64.npz
@@ -9,15 +9,12 @@ calibration on the GPU machine runs on the same maps as one here.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "evaluations"))
-from calibration import pick_maps  # noqa: E402
-
-from diffhmc.data.dataset import load_dataset  # noqa: E402
+from diffhmc.data.dataset import load_dataset
+from diffhmc.data.selection import pick_maps
 
 
 def main() -> None:
@@ -28,7 +25,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     ds = load_dataset(args.dataset)
-    picks = pick_maps(ds, args.n, args.seed)
+    picks = pick_maps(ds.sim_id, ds.splits["test"], args.n, args.seed)
     rows = np.array([r for r, _ in picks])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

@@ -3,7 +3,7 @@ r"""CNN moment network: posterior mean and standard deviation of the parameters 
 The discriminative baseline of the CAMELS Multifield Dataset papers (Villaescusa-Navarro
 et al. 2021, "Multifield Cosmology with Artificial Intelligence", arXiv:2109.09747; the
 paper's CNN baseline, REFERENCE.md). A CNN reads the normalised ``log10`` map
-``x (B, 1, H, W)`` (the dataset's :class:`~diffhmc.data.dataset.Normalization`, in ``[-1, 1]``
+``x (B, 1, H, W)`` (the dataset's :class:`~diffhmc.data.normalization.Normalization`, in ``[-1, 1]``
 on the training range) and returns, per parameter ``i`` in the prior box's normalised
 units ``u = (theta - low) / (high - low)``, a posterior mean ``mu_i`` and standard
 deviation ``sigma_i``. It is trained with the moment loss (Jeffrey & Wandelt 2020)
@@ -29,16 +29,17 @@ the square (:mod:`diffhmc.data.augment`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffhmc.core.errors import DiffHMCError, check_float_fields, check_int_fields, check_known_keys
+from diffhmc.baselines import common
+from diffhmc.baselines.common import FIT_BOUNDS, TIME_LIMIT_BOUND, Settings
+from diffhmc.core.errors import DiffHMCError, check_float_fields, check_int_fields
 from diffhmc.data.augment import random_dihedral
 
 __all__ = ["CNNConfig", "MomentNet", "moment_loss", "train_epoch", "evaluate_loss", "predict"]
@@ -47,8 +48,10 @@ SIGMA_FLOOR = 1e-4
 
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(Settings):
     """Architecture and training settings of the moment network (validated, saved)."""
+
+    LABEL = "CNN setting"
 
     width: int = 16
     """Channels of the first level; doubled at each downsampling up to ``max_width``."""
@@ -75,19 +78,10 @@ class CNNConfig:
             raise DiffHMCError("CNN setting batch_size must be >= 2 (the moment loss sums a batch)")
         if self.max_width < self.width:
             raise DiffHMCError(f"max_width ({self.max_width}) must be >= width ({self.width})")
-        bounds = {"dropout": (0.0, 0.9), "lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0)}
-        check_float_fields(self, bounds | {"time_limit_s": (0.0, math.inf)}, "CNN setting")
+        bounds = {"dropout": (0.0, 0.9)} | FIT_BOUNDS | TIME_LIMIT_BOUND
+        check_float_fields(self, bounds, "CNN setting")
         if not isinstance(self.augment, bool):
             raise DiffHMCError(f"CNN setting augment must be true or false, got {self.augment!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
-        """Build from a dict, with a clear error for unknown keys."""
-        check_known_keys(cls, d, "CNN setting")
-        return cls(**d)
 
 
 def _conv_block(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
@@ -165,27 +159,16 @@ def train_epoch(
 ) -> float:
     """One pass over ``x (N, 1, H, W)``, ``u (N, P)`` in a seeded random order; drops the
     last incomplete batch. Returns the mean batch loss. ``on_step(loss)`` after each step."""
-    net.train()
-    order = torch.randperm(x.shape[0], generator=generator)
-    n_batches = x.shape[0] // batch_size
-    total = 0.0
-    for b in range(n_batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        xb, ub = x[idx], u[idx]
-        if augment:
-            xb = random_dihedral(xb, generator)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = random_dihedral(x[idx], generator) if augment else x[idx]
         mu, sigma = net(xb)
-        loss = moment_loss(mu, sigma, ub)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        value = float(loss.detach())
-        total += value
-        if on_step is not None:
-            on_step(value)
-    return total / max(n_batches, 1)
+        return moment_loss(mu, sigma, u[idx])
+
+    n = x.shape[0]
+    return common.train_epoch(
+        net, opt, n, n // batch_size, batch_size, generator, batch_loss, on_step, scheduler
+    )
 
 
 @torch.no_grad()

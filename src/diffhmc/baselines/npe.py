@@ -5,7 +5,7 @@ Summary of a map ``m (H, W)`` in physical units (:func:`summary_features`)::
 
     s = [ mean(log10 m),  log10 P_x(k_1), ..., log10 P_x(k_n) ]        (1 + n,)
 
-with ``P_x`` the angle-averaged power spectrum (:func:`diffhmc.stats.maps.power_spectrum`,
+with ``P_x`` the angle-averaged power spectrum (:func:`diffhmc.stats.spectra.power_spectrum`,
 ``overdensity=False``) of the normalised log map ``x = Normalization.forward(m)`` and
 ``n = n_bins`` (default ``H // 2``). The features are standardised with the training
 split's mean and standard deviation (:class:`FeatureScaler`).
@@ -28,9 +28,8 @@ the same optimum).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,9 +37,11 @@ import torch
 import zuko
 from torch import nn
 
-from diffhmc.core.errors import DiffHMCError, check_float_fields, check_int_fields, check_known_keys
-from diffhmc.data.dataset import Normalization
-from diffhmc.stats.maps import power_spectrum
+from diffhmc.baselines import common
+from diffhmc.baselines.common import FIT_BOUNDS, TIME_LIMIT_BOUND, Settings
+from diffhmc.core.errors import DiffHMCError, check_float_fields, check_int_fields
+from diffhmc.data.normalization import Normalization
+from diffhmc.stats.spectra import power_spectrum
 
 __all__ = [
     "NPEConfig",
@@ -48,6 +49,7 @@ __all__ = [
     "summary_features",
     "build_flow",
     "to_unconstrained",
+    "from_unconstrained",
     "nll",
     "train_epoch",
     "evaluate_nll",
@@ -59,8 +61,10 @@ FLOWS = ("nsf", "maf")
 
 
 @dataclass(frozen=True)
-class NPEConfig:
+class NPEConfig(Settings):
     """Flow, features and training settings of the NPE baseline (validated, saved)."""
+
+    LABEL = "NPE setting"
 
     flow: str = "maf"
     """"maf" (affine) or "nsf" (splines). On data/pm64 a 3-transform MAF reached a lower
@@ -89,16 +93,8 @@ class NPEConfig:
         minimums = {"transforms": 1, "hidden": 2, "hidden_layers": 1, "n_bins": 0, "epochs": 1}
         minimums |= {"batch_size": 2, "patience": 1, "n_samples": 10}
         check_int_fields(self, minimums, "NPE setting")
-        bounds = {"lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0), "logit_eps": (1e-12, 0.1)}
-        check_float_fields(self, bounds | {"time_limit_s": (0.0, math.inf)}, "NPE setting")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NPEConfig:
-        check_known_keys(cls, d, "NPE setting")
-        return cls(**d)
+        bounds = FIT_BOUNDS | {"logit_eps": (1e-12, 0.1)} | TIME_LIMIT_BOUND
+        check_float_fields(self, bounds, "NPE setting")
 
 
 def summary_features(
@@ -163,8 +159,14 @@ def build_flow(cfg: NPEConfig, n_params: int, n_features: int) -> nn.Module:
 
 
 def to_unconstrained(u: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z = logit(clip(u, eps, 1 - eps))`` for normalised parameters ``u (B, P)``."""
+    """``z = logit(clip(u, eps, 1 - eps))`` for normalised parameters ``u (B, P)`` (the
+    torch twin of :meth:`diffhmc.core.prior.ParamSpace.to_unconstrained`, on ``u``)."""
     return torch.logit(u.clamp(eps, 1.0 - eps))
+
+
+def from_unconstrained(z: torch.Tensor) -> torch.Tensor:
+    """``u = sigmoid(z)`` in ``(0, 1)``: the inverse of :func:`to_unconstrained`."""
+    return torch.sigmoid(z)
 
 
 def nll(flow: nn.Module, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -181,22 +183,19 @@ def train_epoch(
     generator: torch.Generator,
     on_step: Callable[[float], None] | None = None,
 ) -> float:
-    """One seeded pass over features ``s (N, F)`` and targets ``z (N, P)``; mean batch NLL."""
-    flow.train()
-    order = torch.randperm(s.shape[0], generator=generator)
-    n_batches = max(1, s.shape[0] // batch_size)
-    total = 0.0
-    for b in range(n_batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        loss = nll(flow, s[idx], z[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        total += value
-        if on_step is not None:
-            on_step(value)
-    return total / n_batches
+    """One seeded pass over features ``s (N, F)`` and targets ``z (N, P)``; mean batch NLL.
+    A set smaller than ``batch_size`` is one batch."""
+    n = s.shape[0]
+    return common.train_epoch(
+        flow,
+        opt,
+        n,
+        max(1, n // batch_size),
+        batch_size,
+        generator,
+        lambda idx: nll(flow, s[idx], z[idx]),
+        on_step,
+    )
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffhmc.core.config import read_yaml
 from diffhmc.core.errors import DiffHMCError, check_int_fields, check_known_keys
 from diffhmc.core.fileio import save_json
 
@@ -111,6 +112,12 @@ class SlurmSpec:
         except TypeError as exc:
             raise DiffHMCError(f"invalid slurm settings: {exc}") from None
 
+    @classmethod
+    def from_yaml(cls, path: Path | None, settings: dict[str, Any] | None = None) -> SlurmSpec:
+        """The settings of the YAML file ``path`` (``None``: none), updated by ``settings``."""
+        values = read_yaml(path) if path is not None else {}
+        return cls.from_dict({**values, **(settings or {})})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -145,6 +152,48 @@ class ClusterSpec:
             raise DiffHMCError("a scheduler address is needed, e.g. tcp://host:8786")
         if self.mode != "scheduler" and self.address:
             raise DiffHMCError(f"a scheduler address makes no sense with mode {self.mode!r}")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        workers: int | None = None,
+        threads_per_worker: int = 1,
+        retries: int = 2,
+        scheduler: str | None = None,
+        slurm: bool = False,
+        slurm_config: Path | None = None,
+        slurm_settings: dict[str, Any] | None = None,
+    ) -> ClusterSpec:
+        """The spec of ``diffhmc infer``'s batch options (validated; messages name them).
+
+        ``scheduler``: mode ``scheduler``; ``slurm``: ``workers or 1`` SLURM jobs of
+        :meth:`SlurmSpec.from_yaml` ``(slurm_config, slurm_settings)`` (``None`` values
+        dropped); ``workers == 0``: ``inprocess``; otherwise a local cluster of ``workers``
+        processes (``None``: one per ``threads_per_worker`` CPU cores, at least one).
+        """
+        given = {k: v for k, v in (slurm_settings or {}).items() if v is not None}
+        if (given or slurm_config is not None) and not slurm:
+            raise DiffHMCError("--slurm-* options need --slurm")
+        if slurm and scheduler is not None:
+            raise DiffHMCError("give --slurm or --scheduler, not both")
+        common: dict[str, Any] = {"threads_per_worker": threads_per_worker, "retries": retries}
+        if scheduler is not None:
+            if workers is not None:
+                raise DiffHMCError(
+                    "--workers has no effect with --scheduler (start the workers there)"
+                )
+            return cls(mode="scheduler", address=scheduler, **common)
+        if slurm:
+            spec = SlurmSpec.from_yaml(slurm_config, given)
+            if workers == 0:
+                raise DiffHMCError("--workers 0 (in this process) cannot be combined with --slurm")
+            return cls(mode="slurm", workers=workers or 1, slurm=spec, **common)
+        if workers == 0:
+            return cls(mode="inprocess", **common)
+        if workers is None:
+            workers = max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
+        return cls(mode="local", workers=workers, **common)
 
     def describe(self) -> str:
         if self.mode == "inprocess":

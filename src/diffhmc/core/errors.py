@@ -19,6 +19,13 @@ class DiffHMCError(ValueError):
     """A problem with the user's input (data, parameters, files, checkpoints)."""
 
 
+def check_count(value: int, name: str) -> int:
+    """``int(value)``, raising ``"{name} must be >= 1, got {value}"`` if it is below 1."""
+    if int(value) < 1:
+        raise DiffHMCError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def check_int_fields(obj: object, minimums: dict[str, int], label: str = "setting") -> None:
     """Raise unless each attribute ``name`` of ``obj`` is an int (not a bool) ``>= minimum``.
 
@@ -99,3 +106,30 @@ def check_square_maps(x: np.ndarray | torch.Tensor, name: str) -> tuple[int, int
         raise DiffHMCError(f"{name} must hold square maps of side >= 4, got shape {tuple(x.shape)}")
     n = 1 if x.ndim == 2 else int(x.shape[0])
     return n, h
+
+
+def as_map_batch(maps: Any, name: str = "maps", positive: bool = False) -> np.ndarray:
+    """Validate maps and return them as a float64 batch of shape ``(B, N, N)``.
+
+    Accepts ``(N, N)`` (returned as ``(1, N, N)``) or ``(B, N, N)``: numpy arrays, anything
+    :func:`numpy.asarray` accepts, or CPU/GPU torch tensors (detached, moved to the CPU).
+    Raises :class:`DiffHMCError` for a non-numeric input, the wrong number of dimensions,
+    non-square maps (or side < 4), NaN/inf and, with ``positive``, values <= 0 (a column
+    density about to go through ``log10``; indices are reported in ``(B, N, N)``).
+    The one validator of physical-unit maps; callers add their own size checks.
+    """
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu().numpy()
+    try:
+        arr = np.asarray(maps, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DiffHMCError(
+            f"{name} must be a numeric array, got {type(maps).__name__} ({exc})"
+        ) from None
+    check_square_maps(arr, name)
+    check_finite(arr, name)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if positive:
+        check_positive(arr, name)
+    return arr

@@ -3,10 +3,11 @@ dataset and CAMELS readers that touches the file system)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,45 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
         raise DiffHMCError(
             f"{what} {p} is corrupt or truncated ({type(exc).__name__}: {first})"
         ) from None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (identifies the model a recalibration was fitted for)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_format(
+    obj: Any,
+    path: str | os.PathLike[str],
+    fmt: str,
+    version: int,
+    required: Sequence[str] = (),
+    what: str = "checkpoint",
+    hints: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Check a loaded self-describing file: a dict whose ``format`` is ``fmt``, whose
+    ``format_version`` is ``version`` and that holds every key of ``required``; return it.
+
+    One-line errors: ``"{path} is not a diffhmc {what}"`` (with ``hints``, followed by the
+    format found and ``hints[found]``, e.g. which command reads that other format),
+    ``"{what} {path} has format version ..."`` and ``"{what} {path} is missing [...]"``.
+    """
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        msg = f"{path} is not a diffhmc {what}"
+        if hints is not None:
+            got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+            msg += f" (format {got!r}){hints.get(got, '') if isinstance(got, str) else ''}"
+        raise DiffHMCError(msg)
+    if obj.get("format_version") != version:
+        raise DiffHMCError(
+            f"{what} {path} has format version {obj.get('format_version')}, "
+            f"this diffhmc reads version {version}"
+        )
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise DiffHMCError(f"{what} {path} is missing {missing}")
+    return obj

@@ -1,4 +1,5 @@
-"""A description of the machine a benchmark or evaluation ran on (recorded with results)."""
+"""A description of the machine a benchmark or evaluation ran on (recorded with results), and
+the glibc malloc tuning network-heavy processes run with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import numpy as np
 import torch
 
 from diffhmc import __version__
+
+# glibc's default malloc returns large freed blocks to the OS and page-faults them back on
+# every training step (seconds per step on CPU); raising the thresholds measured 2-3x faster
+# (REFERENCE.md). glibc reads it only at start-up: the CLI re-executes itself with it set.
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+"""``GLIBC_TUNABLES`` for network-heavy processes (training, sampling, inference)."""
 
 
 def machine_info() -> dict[str, object]:

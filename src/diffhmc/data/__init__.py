@@ -1,5 +1,6 @@
-"""Data: the one on-disk dataset format (``dataset``), the map normalisation
-(``normalization``), dataset generation by simulation (``generate``), the CAMELS reader
+"""Data: the one on-disk dataset format (``dataset``), its atomic writer (``writer``), splits
+by simulation (``splits``), the map normalisation (``normalization``), dataset generation
+by simulation (``generate``), the CAMELS reader
 (``camels``), observational noise on log10 maps (``noise``) and the dihedral augmentation
 (``augment``).
 

@@ -20,18 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.errors import DiffHMCError, check_count
 from diffhmc.core.fileio import load_npy, require_file
 from diffhmc.core.prior import CAMELS_PARAM_NAMES, ParamSpace
-from diffhmc.data.dataset import (
-    DEFAULT_FRACTIONS,
-    Dataset,
-    build_dataset,
-    check_count,
-    check_target,
-    copy_maps,
-    expand_per_sim,
-)
+from diffhmc.data.dataset import Dataset
+from diffhmc.data.splits import DEFAULT_FRACTIONS, expand_per_sim
+from diffhmc.data.writer import build_dataset, check_target, copy_maps
 
 MAPS_PER_SIM = 15
 CAMELS_BOX_SIZE = 25.0  # Mpc/h
@@ -256,7 +250,7 @@ def import_camels(
     """Convert a CMD field into a diffhmc dataset directory ``out_dir``; return it loaded.
 
     Same format, contiguous by-simulation splits and train-only normalisation as
-    :func:`diffhmc.data.dataset.write_dataset`; maps are streamed (and pooled) from the memory
+    :func:`diffhmc.data.writer.write_dataset`; maps are streamed (and pooled) from the memory
     map in chunks straight into the new ``maps.npy``. CAMELS seeds are not recorded, so
     ``sim_seeds`` is -1. Provenance lists the source files. Written atomically: an error
     (e.g. a non-positive pixel, which log10 cannot take) leaves no output directory.

@@ -1,10 +1,10 @@
 """Generate a dataset by simulation: design, seeds, resumable parallel runs, assembly.
 
 Parameters come from a Latin-hypercube design over the prior box, each simulation gets a
-seed derived from one master seed, and every finished simulation is saved as a shard
-``path/shards/sim_00042.npz`` so an interrupted run resumes. The shards are finally
-streamed into the on-disk format of :mod:`diffhmc.data.dataset` (which this module builds on;
-``dataset`` never imports ``generate``).
+seed derived from one master seed (both :mod:`diffhmc.simulation.design`), and every
+finished simulation is saved as a shard ``path/shards/sim_00042.npz`` so an interrupted run
+resumes. The shards are finally streamed into the on-disk format of
+:mod:`diffhmc.data.dataset` by :func:`diffhmc.data.writer.build_dataset`.
 """
 
 from __future__ import annotations
@@ -19,22 +19,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy.stats import qmc
 from tqdm import tqdm
 
-from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.errors import DiffHMCError, check_count
 from diffhmc.core.fileio import json_normalise, load_json, save_json, save_npz
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import (
-    DEFAULT_FRACTIONS,
-    Dataset,
-    build_dataset,
-    check_count,
-    check_fractions,
-    check_target,
-    expand_per_sim,
-    scan_maps,
-)
+from diffhmc.data.dataset import Dataset
+from diffhmc.data.normalization import scan_maps
+from diffhmc.data.splits import DEFAULT_FRACTIONS, check_fractions, expand_per_sim
+from diffhmc.data.writer import build_dataset, check_target
+from diffhmc.simulation.design import check_seed, latin_hypercube, simulation_seeds
 
 PLAN_NAME = "diffhmc-generate-plan"
 DESIGN = "latin_hypercube"
@@ -44,52 +38,6 @@ CAMELS_2D = ParamSpace.camels()  # (Omega_m, sigma_8) in [0.1, 0.5] x [0.6, 1.0]
 
 class _ConfigLike(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
-
-
-# --------------------------------------------------------------------------- design / seeds
-
-
-def latin_hypercube(n: int, space: ParamSpace, seed: int) -> np.ndarray:
-    """A Latin-hypercube design of ``n`` points filling the prior box of ``space``.
-
-    Uses ``scipy.stats.qmc.LatinHypercube`` driven by ``np.random.default_rng(seed)``.
-    Returns float64 ``(n, P)`` with ``P = space.dim``; each column has exactly one point in
-    each of the ``n`` equal-width bins of its prior range.
-    """
-    n = check_count(n, "number of design points")
-    seed = _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    try:
-        sampler = qmc.LatinHypercube(d=space.dim, rng=rng)
-    except TypeError:  # scipy < 1.15 has no `rng` keyword
-        sampler = qmc.LatinHypercube(d=space.dim, seed=rng)
-    unit = sampler.random(n)
-    return space.denormalize(unit)
-
-
-def simulation_seeds(seed: int, n_sims: int) -> np.ndarray:
-    """Distinct per-simulation seeds derived deterministically from ``seed``.
-
-    Simulation ``i`` uses the first word of ``np.random.SeedSequence(seed).spawn(n_sims)[i]``
-    (a uint32) that no earlier simulation took. Returns int64 ``(n_sims,)`` in ``[0, 2**32)``.
-    """
-    seed = _check_seed(seed)
-    used: set[int] = set()
-    out = np.empty(int(n_sims), dtype=np.int64)
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(int(n_sims))):
-        words = child.generate_state(16, dtype=np.uint32)
-        value = next((int(w) for w in words if int(w) not in used), None)
-        if value is None:  # practically impossible: 16 collisions in a row
-            raise DiffHMCError(f"could not derive a distinct seed for simulation {i}")
-        used.add(value)
-        out[i] = value
-    return out
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or int(seed) < 0:
-        raise DiffHMCError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 # --------------------------------------------------------------------------- plan / shards
@@ -240,7 +188,7 @@ def generate_dataset(
             f"{list(space.names)}"
         )
     n = check_count(n_sims, "number of simulations")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     workers = check_count(workers, "workers")
     check_fractions(fractions)
     if simulate_fn is None:

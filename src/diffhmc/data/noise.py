@@ -6,7 +6,7 @@ Mudur et al. (arXiv:2405.05255, robustness test) add white Gaussian noise of std
     log10 m_noisy = log10 m + s n,        n ~ N(0, I) per pixel,
 
 so ``m_noisy = m 10^{s n}`` stays positive. In the emulator's normalised units
-(:class:`diffhmc.data.dataset.Normalization`, ``x = 2 (log10 m - min) / (max - min) - 1``) the
+(:class:`diffhmc.data.normalization.Normalization`, ``x = 2 (log10 m - min) / (max - min) - 1``) the
 noise is white with std ``sigma = 2 s / (max - min)`` (:func:`normalized_noise_std`), the
 ``sigma`` of :class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`.
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from diffhmc.core.errors import DiffHMCError, check_positive
-from diffhmc.data.dataset import Normalization
+from diffhmc.data.normalization import Normalization
 
 __all__ = ["unit_noise", "add_log_noise", "normalized_noise_std"]
 

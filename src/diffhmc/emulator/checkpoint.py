@@ -10,6 +10,7 @@ A checkpoint holds everything needed to rebuild and use the model with nothing e
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,15 @@ import torch
 
 from diffhmc import __version__
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.core.fileio import SHIPPED_MODELS_DIR, atomic_path, load_torch_file
+from diffhmc.core.fileio import (
+    SHIPPED_MODELS_DIR,
+    atomic_path,
+    check_format,
+    file_sha256,
+    load_torch_file,
+)
 from diffhmc.core.prior import ParamSpace
-from diffhmc.data.dataset import Normalization
+from diffhmc.data.normalization import Normalization
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.emulator.unet import UNet, UNetConfig
 
@@ -56,17 +63,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a checkpoint dict (CPU tensors) with one-line errors."""
     p = Path(path)
     ckpt = load_torch_file(p, "checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DiffHMCError(f"{p} is not a diffhmc checkpoint")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise DiffHMCError(
-            f"checkpoint {p} has format version {ckpt.get('format_version')}, "
-            f"this diffhmc reads version {FORMAT_VERSION}"
-        )
-    missing = [k for k in REQUIRED if k not in ckpt]
-    if missing:
-        raise DiffHMCError(f"checkpoint {p} is missing {missing}")
-    return ckpt
+    return check_format(ckpt, p, FORMAT, FORMAT_VERSION, REQUIRED)
 
 
 class LoadedModel:
@@ -152,3 +149,21 @@ def export_for_inference(src: str | os.PathLike[str], dst: str | os.PathLike[str
     keep["ema"] = None
     keep["exported_from"] = {"path": str(src), "weights": "ema"}
     return save_checkpoint(dst, keep)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def model_sha256(source: str) -> str:
+    """SHA-256 of the checkpoint file a model was loaded from (cached per path, mtime and
+    size)."""
+    p = Path(source)
+    if not p.is_file():
+        raise DiffHMCError(
+            f"a recalibration is tied to a checkpoint file, but the model's source {source!r} "
+            "is not a file"
+        )
+    st = p.stat()
+    return _sha256_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)

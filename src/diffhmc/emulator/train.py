@@ -25,6 +25,7 @@ import copy
 import csv
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diffhmc import __version__
+from diffhmc.core.config import load_config
 from diffhmc.core.errors import DiffHMCError, check_known_keys
-from diffhmc.core.fileio import save_json
+from diffhmc.core.fileio import load_json, save_json
 from diffhmc.data.augment import dihedral
 from diffhmc.data.dataset import Dataset, load_dataset
+from diffhmc.data.inputs import map_tensor, param_tensor
 from diffhmc.emulator.checkpoint import read_checkpoint, save_checkpoint
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.emulator.unet import UNet, UNetConfig
@@ -124,6 +127,17 @@ class TrainConfig:
             return cls(**d)
         except TypeError as exc:
             raise DiffHMCError(f"invalid training config: {exc}") from None
+
+
+def load_train_config(
+    path: Path | None = None, overrides: Sequence[str] = (), run_dir: Path | None = None
+) -> TrainConfig:
+    """TrainConfig from a YAML file (or, with ``run_dir``, that run's ``config.json``) plus
+    dotted ``KEY=VALUE`` overrides (:mod:`diffhmc.core.config`), validated."""
+    base = None
+    if run_dir is not None:
+        base = load_json(run_dir / "config.json", "run config")["train"]
+    return load_config(TrainConfig, path, overrides, base=base)
 
 
 _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
@@ -222,15 +236,15 @@ def diffusion_loss(
     return denoising_loss(net, schedule, x0, theta, k, t, eps, kind)
 
 
-def _tensors(ds: Dataset, split: str, limit: int | None = None) -> tuple[torch.Tensor, ...]:
+def split_tensors(ds: Dataset, split: str, limit: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``(x (n, 1, R, R), theta (n, P))`` float32 of split ``split`` (first ``limit`` maps):
+    maps normalised as in training, parameters mapped to the unit box."""
     maps, params, _ = ds.split(split)
     if limit is not None:
         maps, params = maps[:limit], params[:limit]
     if len(maps) == 0:
         raise DiffHMCError(f"dataset {ds.path} has no maps in split {split!r}")
-    x = torch.from_numpy(ds.normalization.forward(np.asarray(maps, dtype=np.float64)))
-    th = torch.from_numpy(ds.space.normalize(params))
-    return x.float().unsqueeze(1), th.float()
+    return map_tensor(maps, ds.normalization), param_tensor(params, ds.space)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -350,8 +364,8 @@ def train(
     if resume:  # after setup: Adam's state is cast to the (now moved) parameters' device
         opt.load_state_dict(ckpt["optimizer"])
     ema.to(fabric.device)
-    x_train, th_train = _tensors(ds, "train")
-    x_val, th_val = _tensors(ds, "val", cfg.val_maps)
+    x_train, th_train = split_tensors(ds, "train")
+    x_val, th_val = split_tensors(ds, "val", cfg.val_maps)
     # the training split lives on the device (64^2 float32: 16 kB a map), batches are
     # indexed there: no host->device copy per step
     x_train, th_train = x_train.to(fabric.device), th_train.to(fabric.device)

@@ -21,7 +21,8 @@ import numpy as np
 from scipy import stats as sps
 
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.stats.maps import minkowski_functionals, peak_counts, power_spectrum
+from diffhmc.stats.morphology import minkowski_functionals, peak_counts
+from diffhmc.stats.spectra import power_spectrum
 
 PEAK_EDGES = np.linspace(-2.0, 5.0, 15)
 MF_THRESHOLDS = np.linspace(-2.5, 2.5, 21)

@@ -35,6 +35,9 @@ __all__ = [
     "grid_posterior",
     "compare_moments",
     "compare_to_grid",
+    "grid_check",
+    "GRID_MAX_SHIFT",
+    "GRID_STD_RATIO",
 ]
 
 
@@ -158,3 +161,45 @@ def compare_moments(
 def compare_to_grid(grid: GridPosterior, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
     """Sampled posterior vs grid: mean shift in grid standard deviations and std ratio."""
     return compare_moments(grid.names, mean, std, grid.mean, grid.std)
+
+
+GRID_MAX_SHIFT = 0.3
+GRID_STD_RATIO = (0.8, 1.25)
+"""A sampled posterior whose mean is off the grid's by more than ``GRID_MAX_SHIFT`` grid std,
+or whose std ratio lies outside ``GRID_STD_RATIO``, is flagged."""
+
+
+def grid_check(
+    log_like: Callable[[torch.Tensor], torch.Tensor],
+    space: ParamSpace,
+    summary: dict[str, Any],
+    names: list[str],
+    n: int,
+    say: Callable[[str], None],
+) -> GridPosterior:
+    """Exact ``log_like`` (``theta (N, P) -> (N,)``) on an ``n``-per-axis grid over the
+    sampled posterior's mean +- 5 std (``summary["parameters"]``); adds ``grid_check`` to
+    ``summary`` (moments, mean shift in grid std, std ratio) and a warning when the
+    sampled posterior misses the grid's by more than :data:`GRID_MAX_SHIFT` /
+    :data:`GRID_STD_RATIO`."""
+    par = summary["parameters"]
+    mean = np.array([par[k]["mean"] for k in names])
+    std = np.array([par[k]["std"] for k in names])
+    axes = grid_axes(space, mean, 5.0 * std, n)
+    grid = grid_posterior(log_like, space, axes)
+    cmp = compare_to_grid(grid, mean, std)
+    summary["grid_check"] = {**grid.to_dict(), "sampled_vs_grid": cmp}
+    lo, hi = GRID_STD_RATIO
+    bad = [
+        k
+        for k, c in cmp.items()
+        if abs(c["mean_shift_in_std"]) > GRID_MAX_SHIFT or not lo <= c["std_ratio"] <= hi
+    ]
+    if grid.edge_mass > 0.01:
+        bad.append(f"grid edge mass {grid.edge_mass:.3f}")
+    if bad:
+        summary.setdefault("warnings", []).append(
+            f"the grid cross-check disagrees with the sampled posterior ({', '.join(bad)}): {cmp}"
+        )
+    say(f"grid check ({n}^{len(names)} points): {cmp}")
+    return grid

@@ -21,40 +21,40 @@ generator (common random numbers): ``M`` draws ``eps^(m)`` per timestep, and::
 
 a deterministic, smooth function of ``theta`` (HMC's energy is then conserved by the
 integrator up to its own error), unbiased for the ``w``-weighted bound for every ``theta``.
-``w_k = 1`` and ``t_k = 0..K-1`` reproduces the paper; :func:`importance_timesteps` gives
-``(t_k, w_k)`` for an unbiased estimate of the full sum ``sum_{t=0}^{T-1} L_t``.
+``w_k = 1`` and ``t_k = 0..K-1`` reproduces the paper;
+:func:`diffhmc.inference.timesteps.importance_timesteps` gives ``(t_k, w_k)`` for an
+unbiased estimate of the full sum ``sum_{t=0}^{T-1} L_t``.
 
-:func:`oracle_gaussian_eps` is the exact (Bayes-optimal) eps-prediction for the Gaussian
-field family, so the bound can be compared with the exact ``log p(x_0 | theta)``.
+The bound estimators share one base class, :class:`BoundEstimator` (settings, the
+constructor checks, the common noise draw and the weighted mean over terms); code that
+evaluates one map's bound is typed against :class:`MapBound` (this module's
+:class:`BoundLikelihood` and the noise-aware
+:class:`~diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`). The exact eps-model
+of the Gaussian-field family, to compare the bound with ``log p(x_0 | theta)``, is
+:func:`diffhmc.emulator.oracle.oracle_gaussian_eps`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.sampling import EpsModel
 from diffhmc.emulator.schedule import NoiseSchedule, vlb_terms
 
-if TYPE_CHECKING:  # type hints only: no runtime dependency on the Gaussian family
-    from diffhmc.simulation.gaussian import GaussianFieldFamily
-
 __all__ = [
-    "EpsModel",
+    "BoundEstimator",
+    "MapBound",
     "BoundLikelihood",
     "StackedBound",
+    "check_bound_settings",
+    "check_observed_map",
     "check_theta",
     "chunked_eps",
-    "importance_timesteps",
-    "proxy_expected_terms",
-    "oracle_gaussian_eps",
 ]
-
-EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(x_t (N, 1, H, W), t (N,) long, theta (N, P)) -> eps (N, 1, H, W)``."""
 
 DEFAULT_K = 20
 
@@ -126,7 +126,127 @@ def chunked_eps(
         yield sl, pred
 
 
-class BoundLikelihood:
+def check_observed_map(eps_model: EpsModel, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The input checks of every bound's constructor: ``eps_model`` callable and the
+    observed map ``x`` (called ``name`` in errors) a finite floating-point tensor ``(H, W)``
+    or ``(1, H, W)``. Returns ``x`` as ``(1, H, W)``."""
+    if not callable(eps_model):
+        raise DiffHMCError(f"eps_model must be callable, got {eps_model!r}")
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        raise DiffHMCError(f"{name} must be a floating-point tensor, got {type(x).__name__}")
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3 or x.shape[0] != 1 or min(x.shape[1:]) < 1:
+        raise DiffHMCError(f"{name} must have shape (H, W) or (1, H, W), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise DiffHMCError(f"{name} contains NaN or inf")
+    return x
+
+
+class BoundEstimator:
+    r"""What every bound estimator shares: its settings and the weighted mean over terms.
+
+    Attributes: ``eps_model``; ``schedule``; ``timesteps`` ``(t_1, ..., t_K)``; ``n_draws``
+    ``M``; ``weights`` ``w_k``, ``(K,)``; ``max_batch`` (network rows per call, ``None``:
+    all); ``eps``, the common random numbers; ``x_t``, the noised map(s); ``_t``, the code
+    timestep of each of the ``M K`` network rows of one ``theta``. Then::
+
+        log L(theta) = -(1/M) sum_{m=1}^{M} sum_{k=1}^{K} w_k L_{t_k}(theta; eps^(m,k))
+
+    from per-draw terms ``(B, M, K)`` (:meth:`weighted_mean`). Subclasses:
+    :class:`MapBound` (one map: :class:`BoundLikelihood`,
+    :class:`~diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`) and
+    :class:`StackedBound` (several maps in shared network calls).
+    """
+
+    eps_model: EpsModel
+    schedule: NoiseSchedule
+    timesteps: tuple[int, ...]
+    n_draws: int
+    seed: int
+    max_batch: int | None
+    weights: torch.Tensor
+    eps: torch.Tensor
+    x_t: torch.Tensor
+    _t: torch.Tensor
+
+    def _setup(
+        self,
+        eps_model: EpsModel,
+        schedule: NoiseSchedule,
+        x: torch.Tensor,
+        timesteps: list[int],
+        n_draws: int,
+        seed: int,
+        weights: Sequence[float] | torch.Tensor | None,
+        max_batch: int | None,
+        weight_dtype: torch.dtype,
+        low: int = 0,
+        where: str = "",
+    ) -> None:
+        """Validate and store the settings (:func:`check_bound_settings`; ``weights`` in
+        ``weight_dtype``) and draw the common random numbers ``eps (M, K, 1, H, W)`` once
+        from ``torch.Generator().manual_seed(seed)``, in ``x``'s dtype, on its device;
+        ``x (1, H, W)`` is the checked observed map (:func:`check_observed_map`)."""
+        n_steps = schedule.n_steps
+        w = check_bound_settings(
+            timesteps, low, n_steps, n_draws, max_batch, weights, weight_dtype, where
+        )
+        self.eps_model = eps_model
+        self.schedule = schedule
+        self.timesteps = tuple(timesteps)
+        self.n_draws = n_draws
+        self.seed = int(seed)
+        self.max_batch = max_batch
+        self.weights = w.to(x.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        eps = torch.randn((n_draws, len(timesteps), *x.shape), generator=gen, dtype=x.dtype)
+        self.eps = eps.to(x.device)  # (M, K, 1, H, W)
+
+    @property
+    def n_rows(self) -> int:
+        """``M K``, network rows per theta."""
+        return int(self._t.shape[0])
+
+    def weighted_mean(self, terms: torch.Tensor) -> torch.Tensor:
+        """``-(1/M) sum_m sum_k w_k terms[b, m, k]``: per-draw terms ``(B, M, K)`` -> ``(B,)``."""
+        return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
+
+
+class MapBound(BoundEstimator, ABC):
+    """One map's bound: ``log L(theta)``, ``theta (B, P) -> (B,)``, differentiable.
+
+    The type that code evaluating a map's bound relies on (``inference.map_likelihood``):
+    :attr:`n_rows`, :attr:`timesteps`, :attr:`weights`, :meth:`terms` and
+    :meth:`log_likelihood` (also the call).
+    """
+
+    def _rows(
+        self, theta: torch.Tensor
+    ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``B M K`` network rows of ``theta (B, P)``: ``(B, x_t, t, eps, theta_rows)``,
+        row ``b M K + i`` being row ``i`` of :attr:`x_t` at ``theta[b]``."""
+        b, r = check_theta(theta), self.n_rows
+        x_t = self.x_t.repeat(b, 1, 1, 1)
+        t = self._t.repeat(b)
+        eps = self.eps.reshape(r, *self.x_t.shape[1:]).repeat(b, 1, 1, 1)
+        th = theta.repeat_interleave(r, dim=0)  # (B M K, P)
+        return b, x_t, t, eps, th
+
+    @abstractmethod
+    def terms(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-draw bound terms ``(B, M, K)`` at ``theta (B, P)``; unweighted,
+        differentiable in ``theta``."""
+
+    def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
+        """``-(1/M) sum_m sum_k w_k L_{t_k}``: ``theta (B, P) -> (B,)``, differentiable."""
+        return self.weighted_mean(self.terms(theta))
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.log_likelihood(theta)
+
+
+class BoundLikelihood(MapBound):
     r"""``log L(theta) = -(1/M) sum_m sum_k w_k L_{t_k}`` with noise fixed at construction.
 
     Args:
@@ -155,66 +275,31 @@ class BoundLikelihood:
         weights: Sequence[float] | torch.Tensor | None = None,
         max_batch: int | None = None,
     ) -> None:
-        if not callable(eps_model):
-            raise DiffHMCError(f"eps_model must be callable, got {eps_model!r}")
-        if not isinstance(x0, torch.Tensor) or not x0.dtype.is_floating_point:
-            raise DiffHMCError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
-        if x0.ndim == 2:
-            x0 = x0.unsqueeze(0)
-        if x0.ndim != 3 or x0.shape[0] != 1 or min(x0.shape[1:]) < 1:
-            raise DiffHMCError(f"x0 must have shape (H, W) or (1, H, W), got {tuple(x0.shape)}")
-        if not bool(torch.isfinite(x0).all()):
-            raise DiffHMCError("x0 contains NaN or inf")
+        x0 = check_observed_map(eps_model, x0, "x0")
         ts = list(range(DEFAULT_K)) if timesteps is None else [int(t) for t in timesteps]
-        w = check_bound_settings(ts, 0, schedule.n_steps, n_draws, max_batch, weights, x0.dtype)
+        self._setup(eps_model, schedule, x0, ts, n_draws, seed, weights, max_batch, x0.dtype)
         k = len(ts)
-        self.eps_model = eps_model
-        self.schedule = schedule
         self.x0 = x0.detach()
-        self.timesteps = tuple(ts)
-        self.n_draws = n_draws
-        self.seed = int(seed)
-        self.max_batch = max_batch
-        self.weights = w.to(x0.device)
-        gen = torch.Generator().manual_seed(self.seed)
-        eps = torch.randn((n_draws, k, *x0.shape), generator=gen, dtype=x0.dtype)
-        self.eps = eps.to(x0.device)  # (M, K, 1, H, W)
         t_rows = torch.tensor(ts, dtype=torch.long, device=x0.device).repeat(n_draws)  # (M K,)
         self._t = t_rows
         eps_rows = self.eps.reshape(n_draws * k, *x0.shape)
         x0_rows = self.x0.expand(n_draws * k, *x0.shape)
         self.x_t = schedule.q_sample(x0_rows, t_rows, eps_rows)  # (M K, 1, H, W)
 
-    @property
-    def n_rows(self) -> int:
-        """``M K``, network rows per theta."""
-        return int(self._t.shape[0])
-
     def terms(self, theta: torch.Tensor) -> torch.Tensor:
         """Per-draw bound terms ``L_{t_k}(theta; eps^(m,k))``, shape ``(B, M, K)``.
 
         ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
         """
-        b, r = check_theta(theta), self.n_rows
-        x_t = self.x_t.repeat(b, 1, 1, 1)  # row b * r + i
-        t = self._t.repeat(b)
-        eps = self.eps.reshape(r, *self.x0.shape).repeat(b, 1, 1, 1)
-        th = theta.repeat_interleave(r, dim=0)  # (B M K, P)
+        b, x_t, t, eps, th = self._rows(theta)
         out = [
             vlb_terms(pred, eps[sl].to(pred.dtype), t[sl], self.schedule)
             for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch)
         ]
         return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
 
-    def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
-        """``-(1/M) sum_m sum_k w_k L_{t_k}``: ``theta (B, P) -> (B,)``, differentiable."""
-        terms = self.terms(theta)
-        return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
 
-    __call__ = log_likelihood
-
-
-class StackedBound:
+class StackedBound(BoundEstimator):
     r"""Several maps' bounds evaluated in shared network calls.
 
     ``bounds``: :class:`BoundLikelihood` objects of the same ``eps_model``, schedule,
@@ -224,7 +309,8 @@ class StackedBound:
         row b = bounds[index[b]].log_likelihood(theta[b]),
 
     with all ``B M K`` network rows in chunks of ``max_batch`` (the first bound's), so
-    several chains of several maps share each call.
+    several chains of several maps share each call. ``x_t`` and ``eps`` are stacked,
+    ``(N, M K, 1, H, W)``.
     """
 
     def __init__(self, bounds: Sequence[BoundLikelihood]) -> None:
@@ -265,7 +351,7 @@ class StackedBound:
             raise DiffHMCError(
                 f"index must hold {b} map indices in [0, {len(self)}), got {index.tolist()}"
             )
-        r = self._t.shape[0]
+        r = self.n_rows
         x_t = self.x_t[index].flatten(0, 1)  # (B M K, 1, H, W)
         eps = self.eps[index].flatten(0, 1)
         t = self._t.repeat(b)
@@ -278,134 +364,6 @@ class StackedBound:
 
     def log_likelihood(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``log L`` of map ``index[b]`` at ``theta[b]``: ``(B,)``, differentiable."""
-        terms = self.terms(theta, index)
-        return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
+        return self.weighted_mean(self.terms(theta, index))
 
     __call__ = log_likelihood
-
-
-# ---------------------------------------------------------------------- importance sampling
-def proxy_expected_terms(schedule: NoiseSchedule, data_var: float = 1.0) -> torch.Tensor:
-    r"""Proxy for ``E[L_t]`` per pixel, shape ``(T,)``: the Bayes eps-error for i.i.d. data.
-
-    For pixels ``x_0 ~ N(m, s^2)`` independently the optimal eps-model has error variance
-    ``Var[eps | x_t] = alpha_bar_t s^2 / (alpha_bar_t s^2 + 1 - alpha_bar_t)`` per pixel, so
-    ``E[L_t] / D = w_t alpha_bar_t s^2 / (alpha_bar_t s^2 + 1 - alpha_bar_t)`` (without the
-    decoder constant at ``t = 0``), with ``w_t = schedule.vlb_weight``.
-    """
-    if not (math.isfinite(data_var) and data_var > 0):
-        raise DiffHMCError(f"data_var must be a positive number, got {data_var!r}")
-    ab = schedule.alpha_bar
-    return schedule.vlb_weight * ab * data_var / (ab * data_var + 1.0 - ab)
-
-
-def importance_timesteps(
-    schedule: NoiseSchedule,
-    k: int,
-    generator: torch.Generator,
-    proposal: str | torch.Tensor = "sqrt_proxy",
-    start: int = 0,
-) -> tuple[list[int], torch.Tensor]:
-    r"""Timesteps and weights for an unbiased estimate of the full bound ``sum_{t<T} L_t``.
-
-    Draw ``t_1..t_k`` i.i.d. (with replacement) from ``q(t)``; for any per-timestep values
-    ``L_t``::
-
-        E_q[(1/k) sum_j L_{t_j} / q(t_j)] = sum_t q(t) L_t / q(t) = sum_{t=0}^{T-1} L_t.
-
-    Repeated draws are merged: the result is the distinct drawn timesteps (ascending) with
-    weights ``w_t = c_t / (k q(t))``, ``c_t`` the number of times ``t`` was drawn, so
-    ``sum_t w_t L_t`` is exactly the estimator above and the pair can be passed to
-    :class:`BoundLikelihood` (``timesteps``, ``weights``).
-
-    Proposals: ``"sqrt_proxy"`` (default) ``q(t) ∝ sqrt(proxy_expected_terms(schedule))``
-    (unit data variance), a compromise between uniform and the variance-optimal
-    ``q ∝ E[L_t]`` that keeps mass on the large-``t`` terms; ``"uniform"``
-    ``q(t) = 1/T``; or a ``(T,)`` tensor of positive probabilities (normalised here).
-
-    ``start > 0`` estimates ``sum_{t=start}^{T-1} L_t`` instead (the noise-aware bound of
-    :mod:`diffhmc.inference.noisy_likelihood` starts at the matched noise level): ``q`` is restricted to
-    ``[start, T)`` and renormalised.
-
-    Returns ``(timesteps, weights)``: a list of ints and a float64 tensor of the same length.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DiffHMCError(f"k must be an integer >= 1, got {k!r}")
-    if not isinstance(generator, torch.Generator):
-        raise DiffHMCError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < schedule.n_steps:
-        raise DiffHMCError(f"start must be an integer in [0, {schedule.n_steps}), got {start!r}")
-    q = proposal_probabilities(schedule, proposal)
-    if start:
-        q = torch.cat([torch.zeros(start, dtype=q.dtype), q[start:] / q[start:].sum()])
-    draws = torch.multinomial(q, k, replacement=True, generator=generator)
-    ts, counts = torch.unique(draws, sorted=True, return_counts=True)
-    weights = counts.to(torch.float64) / (k * q[ts])
-    return [int(t) for t in ts], weights
-
-
-def proposal_probabilities(
-    schedule: NoiseSchedule, proposal: str | torch.Tensor = "sqrt_proxy"
-) -> torch.Tensor:
-    """The proposal ``q(t)`` of :func:`importance_timesteps`, float64 ``(T,)`` summing to 1."""
-    n = schedule.n_steps
-    if isinstance(proposal, torch.Tensor):
-        q = proposal.detach().to(torch.float64).cpu()
-        if q.shape != (n,) or not bool(torch.isfinite(q).all()) or not bool((q > 0).all()):
-            raise DiffHMCError(f"proposal tensor must hold {n} positive finite numbers")
-    elif proposal == "sqrt_proxy":
-        q = proxy_expected_terms(schedule).sqrt().cpu()
-    elif proposal == "uniform":
-        q = torch.ones(n, dtype=torch.float64)
-    else:
-        raise DiffHMCError(
-            f"unknown proposal {proposal!r}; use 'sqrt_proxy', 'uniform' or a (T,) tensor"
-        )
-    return q / q.sum()
-
-
-# ---------------------------------------------------------------------- exact Gaussian oracle
-def oracle_gaussian_eps(family: GaussianFieldFamily, schedule: NoiseSchedule) -> EpsModel:
-    r"""The exact eps-prediction ``E[eps | x_t, theta]`` for a Gaussian field family.
-
-    ``family`` is a :class:`diffhmc.simulation.gaussian.GaussianFieldFamily` (only its ``n_pix``,
-    ``power(theta) (B, N, N)`` and ``mean(theta) (B,)`` are used). With
-    ``x_0 ~ N(mu 1, C)``, ``C = F^H diag(P) F`` (``F`` the unitary 2-D DFT,
-    ``torch.fft.fft2(norm="ortho")``) and ``x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps``,
-    ``Cov(eps, x_t) = sqrt(1 - ab_t) I`` and ``Cov(x_t) = Sigma_t = ab_t C + (1 - ab_t) I``, so::
-
-        E[eps | x_t] = sqrt(1 - ab_t) Sigma_t^{-1} (x_t - sqrt(ab_t) mu 1),
-
-    diagonal per Fourier mode: ``E_k = sqrt(1 - ab_t) (X_{t,k} - sqrt(ab_t) M_k)
-    / (ab_t P_k + 1 - ab_t)`` with ``M_k = N mu delta_{k0}`` (the mean lives in ``k = 0``
-    only), then the inverse ortho DFT (real part). ``ab_t = schedule.alpha_bar[t]``.
-
-    The returned callable maps ``(x_t (B, 1, N, N), t (B,), theta (B, 2)) -> (B, 1, N, N)``
-    in float64, with a per-row ``theta`` (which must lie in the family's prior box),
-    differentiable in ``theta`` (and ``x_t``).
-    """
-    n_pix = int(family.n_pix)
-    power_fn = family.power
-    mean_fn = family.mean
-
-    def eps_model(x_t: torch.Tensor, t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        b = x_t.shape[0]
-        if x_t.shape[1:] != (1, n_pix, n_pix) or theta.shape[0] != b:
-            raise DiffHMCError(
-                f"oracle expects x_t (B, 1, {n_pix}, {n_pix}) and theta (B, P), got "
-                f"{tuple(x_t.shape)} and {tuple(theta.shape)}"
-            )
-        schedule.check_t(t, b)
-        ab = schedule.alpha_bar.to(x_t.device)[t.to(x_t.device)].to(torch.float64)
-        ab = ab.reshape(b, 1, 1)
-        p = power_fn(theta).to(x_t.device)  # (B, N, N)
-        mu = mean_fn(theta).to(x_t.device)  # (B,)
-        xk = torch.fft.fft2(x_t[:, 0].to(torch.float64), norm="ortho")
-        m0 = (ab[:, 0, 0].sqrt() * n_pix * mu).to(xk.dtype)
-        delta = torch.zeros(n_pix, n_pix, dtype=xk.dtype, device=xk.device)
-        delta[0, 0] = 1.0
-        xk = xk - m0.reshape(b, 1, 1) * delta  # subtract M_k = N mu delta_{k0}
-        ek = (1.0 - ab).sqrt() * xk / (ab * p + 1.0 - ab)
-        return torch.fft.ifft2(ek, norm="ortho").real.unsqueeze(1)
-
-    return eps_model

@@ -23,7 +23,7 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError, check_int_fields
 
-__all__ = ["NUTSConfig", "ChainResult", "run_nuts", "run_nuts_vectorized"]
+__all__ = ["NUTSConfig", "ChainResult", "run_nuts", "run_nuts_vectorized", "sample_chains"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,17 @@ class ChainResult:
     inverse_mass: np.ndarray
     n_potential_evals: int
     seconds: float
+
+    def stats(self) -> dict[str, Any]:
+        """The sampler's record for a posterior summary (``summary["nuts"]``): per-chain
+        step size, acceptance rate and divergence count, potential calls and seconds."""
+        return {
+            "step_size": self.step_size.tolist(),
+            "accept_rate": self.accept_rate.tolist(),
+            "divergences_per_chain": self.diverging.sum(axis=1).tolist(),
+            "potential_evals": self.n_potential_evals,
+            "seconds": self.seconds,
+        }
 
 
 def _kernel(
@@ -267,3 +278,17 @@ def run_nuts_vectorized(
         n_potential_evals=calls[0],
         seconds=time.perf_counter() - t0,
     )
+
+
+def sample_chains(
+    potential: Callable[[torch.Tensor], torch.Tensor],
+    inits: torch.Tensor,
+    nuts: NUTSConfig,
+    progress: bool = False,
+) -> ChainResult:
+    """NUTS on a batched potential ``(C, P) -> (C,)`` (the exact one or a surrogate) from
+    ``inits (C, P)``: the chains in lockstep sharing each call when ``nuts.vectorize``
+    (:func:`run_nuts_vectorized`), else one after another (:func:`run_nuts`)."""
+    if nuts.vectorize:
+        return run_nuts_vectorized(potential, inits, nuts, progress)
+    return run_nuts(lambda z: potential(z.unsqueeze(0))[0], inits, nuts, progress)

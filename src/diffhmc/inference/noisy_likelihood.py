@@ -5,8 +5,8 @@ Problem
 The model was trained on clean normalised maps ``x_0 ~ p(x_0 | theta)``. The observation is
 ``y = x_0 + sigma n``, ``n ~ N(0, I)``, ``sigma`` known (normalised units; see
 :func:`diffhmc.data.noise.normalized_noise_std`). The plain bound of
-:class:`diffhmc.inference.likelihood.BoundLikelihood` treats ``y`` as clean and is biased (the noise adds
-white power). Here the bound is on ``log p(y | theta)`` itself.
+:class:`diffhmc.inference.likelihood.BoundLikelihood` treats ``y`` as clean and is biased
+(the noise adds white power). Here the bound is on ``log p(y | theta)`` itself.
 
 Matching the noise to a diffusion time
 --------------------------------------
@@ -17,8 +17,8 @@ With ``a = 1 / (1 + sigma^2)``::
 which is exactly a draw of the forward process at the (continuous) time ``s`` with
 ``alpha_bar_s = a``: ``p(y | theta) = a^{D/2} p_s(sqrt(a) y | theta)``, ``D`` pixels. So the
 likelihood of ``y`` is the model's marginal at ``s``, and a DDPM bound *started at* ``s`` bounds
-it. Code indices are those of :mod:`diffhmc.emulator.schedule` (``alpha_bar[t]``, ``X_t`` the state the
-network sees at code index ``t``). Let ``t*`` be the smallest code index with
+it. Code indices are those of :mod:`diffhmc.emulator.schedule` (``alpha_bar[t]``, ``X_t``
+the state the network sees at code index ``t``). Let ``t*`` be the smallest code index with
 ``b = alpha_bar[t*] <= a`` (:func:`match_noise_level`); ``s`` lies between ``t* - 1`` and
 ``t*``, and the fractional step from ``s`` to ``t*`` has ``alpha_f = b / a``,
 ``beta_f = 1 - alpha_f`` in ``[0, beta_{t*}]``.
@@ -54,10 +54,11 @@ The model's reverse kernels
 same rule (an extension of the model, not a new parameter): ``p(x'_0 | X_{t*}) =
 N(mu_f, beta_f I)``, ``mu_f = (X_{t*} - beta_f / sqrt(1 - b) eps_theta(X_{t*}, t*)) /
 sqrt(alpha_f)``, i.e. the DDPM posterior mean at the predicted ``x_0``, with Ho et al.'s
-``sigma^2 = beta`` variance, the choice :func:`diffhmc.emulator.schedule.vlb_terms` makes for its clean
-decoder. When ``sigma -> 0``: ``t* = 0``, ``alpha_f -> alpha_0`` and this kernel becomes that
-decoder, so the noise-aware bound tends to :class:`~diffhmc.inference.likelihood.BoundLikelihood`'s
-(checked in the tests to 1e-8 relative).
+``sigma^2 = beta`` variance, the choice :func:`diffhmc.emulator.schedule.vlb_terms` makes
+for its clean decoder. When ``sigma -> 0``: ``t* = 0``, ``alpha_f -> alpha_0`` and this
+kernel becomes that decoder, so the noise-aware bound tends to
+:class:`~diffhmc.inference.likelihood.BoundLikelihood`'s (checked in the tests to 1e-8
+relative).
 
 The bound
 ---------
@@ -81,10 +82,10 @@ log(v'/v))`` (the variances differ: ``v'_t != beta_tilde_t``). The first term, `
   own ``p(X_{t*} | X_{t*+1})``.
 
 For ``t > t*``, ``w_t = schedule.vlb_weight[t]``. The expectation over ``eps'`` uses common
-random numbers as in :class:`~diffhmc.inference.likelihood.BoundLikelihood` (drawn once, seeded, same
-layout ``(M, K, 1, H, W)``), so ``log L(theta)`` is deterministic and smooth in ``theta``.
-Terms are computed in float64 (``r_t`` is large when ``beta_f`` is small, and ``||eps_theta -
-r_t eps'||^2`` would lose its theta-dependence to float32 cancellation).
+random numbers as in :class:`~diffhmc.inference.likelihood.BoundLikelihood` (drawn once,
+seeded, same layout ``(M, K, 1, H, W)``), so ``log L(theta)`` is deterministic and smooth
+in ``theta``. Terms are computed in float64 (``r_t`` is large when ``beta_f`` is small, and
+``||eps_theta - r_t eps'||^2`` would lose its theta-dependence to float32 cancellation).
 
 Why not add a little noise to ``y`` to land on ``t*`` exactly? That is also an exact
 likelihood (of the noisier map), but on a 1000-step schedule the first steps have
@@ -101,15 +102,15 @@ from dataclasses import dataclass
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.emulator.sampling import EpsModel
 from diffhmc.emulator.schedule import NoiseSchedule
 from diffhmc.inference.likelihood import (
     DEFAULT_K,
-    EpsModel,
-    check_bound_settings,
-    check_theta,
+    MapBound,
+    check_observed_map,
     chunked_eps,
-    importance_timesteps,
 )
+from diffhmc.inference.timesteps import importance_timesteps
 
 __all__ = ["NoiseMatch", "match_noise_level", "NoisyBoundLikelihood"]
 
@@ -169,7 +170,7 @@ def match_noise_level(schedule: NoiseSchedule, sigma: float) -> NoiseMatch:
     return m
 
 
-class NoisyBoundLikelihood:
+class NoisyBoundLikelihood(MapBound):
     r"""``log L(theta) = -(1/M) sum_m sum_k w_k L'_{t_k}``, a bound on ``log p(y | theta)``.
 
     Args:
@@ -184,6 +185,8 @@ class NoisyBoundLikelihood:
 
     ``X_t^(m,k) = sqrt(alpha_bar[t_k]) y + sqrt(1 - alpha_bar[t_k] / a) eps'^(m,k)`` is
     precomputed, shape ``(M K, 1, H, W)``. See the module docstring for the derivation.
+    :meth:`~diffhmc.inference.likelihood.MapBound.log_likelihood` is
+    ``-(1/M) sum_m sum_k w_k L'_{t_k}``, ``theta (B, P) -> (B,)``, float64, differentiable.
     """
 
     def __init__(
@@ -198,16 +201,7 @@ class NoisyBoundLikelihood:
         weights: Sequence[float] | torch.Tensor | None = None,
         max_batch: int | None = None,
     ) -> None:
-        if not callable(eps_model):
-            raise DiffHMCError(f"eps_model must be callable, got {eps_model!r}")
-        if not isinstance(y, torch.Tensor) or not y.dtype.is_floating_point:
-            raise DiffHMCError(f"y must be a floating-point tensor, got {type(y).__name__}")
-        if y.ndim == 2:
-            y = y.unsqueeze(0)
-        if y.ndim != 3 or y.shape[0] != 1 or min(y.shape[1:]) < 1:
-            raise DiffHMCError(f"y must have shape (H, W) or (1, H, W), got {tuple(y.shape)}")
-        if not bool(torch.isfinite(y).all()):
-            raise DiffHMCError("y contains NaN or inf")
+        y = check_observed_map(eps_model, y, "y")
         self.match = match_noise_level(schedule, sigma)
         n_steps, t0 = schedule.n_steps, self.match.first_term
         if timesteps is None:
@@ -215,23 +209,15 @@ class NoisyBoundLikelihood:
         else:
             ts = [int(t) for t in timesteps]
         note = f" (the bound starts at the matched noise level t0 = {t0})"
-        w = check_bound_settings(ts, t0, n_steps, n_draws, max_batch, weights, torch.float64, note)
+        self._setup(
+            eps_model, schedule, y, ts, n_draws, seed, weights, max_batch, torch.float64, t0, note
+        )
         k = len(ts)
         dev = y.device
-        self.eps_model = eps_model
-        self.schedule = schedule
         self.y = y.detach()
         self.sigma = self.match.sigma
-        self.timesteps = tuple(ts)
-        self.n_draws = n_draws
-        self.seed = int(seed)
-        self.max_batch = max_batch
-        self.weights = w.to(dev)
         coef_w, coef_r, coef_c = self._coefficients(ts, y[0].numel())
         self._w, self._r, self._c = (c.to(dev) for c in (coef_w, coef_r, coef_c))
-        gen = torch.Generator().manual_seed(self.seed)
-        eps = torch.randn((n_draws, k, *y.shape), generator=gen, dtype=y.dtype)
-        self.eps = eps.to(dev)  # (M, K, 1, H, W)
         a = self.match.alpha_bar_s
         ab = schedule.alpha_bar.detach().cpu().to(torch.float64)[ts]
         c_y = ab.sqrt().reshape(1, k, 1, 1, 1).to(dev)
@@ -294,7 +280,7 @@ class NoisyBoundLikelihood:
         """The bound with timesteps counted from the matched level: ``t0 + o`` for the
         ``offsets`` ``o`` (those past ``T`` dropped), or, if ``full_bound > 0``, an unbiased
         estimate of all terms ``t0 .. T-1`` from that many importance-sampled timesteps
-        (:func:`diffhmc.inference.likelihood.importance_timesteps` with ``start = t0``, generator
+        (:func:`diffhmc.inference.timesteps.importance_timesteps` with ``start = t0``, generator
         seeded by ``full_bound_seed``). This is how ``InferenceConfig``'s timestep settings
         carry over to a noisy map (the paper's first ``K`` steps become ``K`` steps from
         ``t0``)."""
@@ -323,11 +309,6 @@ class NoisyBoundLikelihood:
             max_batch=max_batch,
         )
 
-    @property
-    def n_rows(self) -> int:
-        """``M K``, network rows per theta."""
-        return int(self._t.shape[0])
-
     def elbo_offset(self) -> float:
         """Theta-free constant: ``log p(y) >= log_likelihood(theta) + elbo_offset()`` when the
         timesteps are all of ``t0 .. T-1`` with unit weights.
@@ -345,12 +326,8 @@ class NoisyBoundLikelihood:
 
         ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
         """
-        b, r = check_theta(theta), self.n_rows
-        x_t = self.x_t.repeat(b, 1, 1, 1)  # row b * r + i
-        t = self._t.repeat(b)
+        b, x_t, t, eps, th = self._rows(theta)
         slot = self._k.repeat(b)
-        eps = self.eps.reshape(r, *self.y.shape).repeat(b, 1, 1, 1)
-        th = theta.repeat_interleave(r, dim=0)  # (B M K, P)
         out = []
         for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch):
             k = slot[sl]
@@ -358,11 +335,3 @@ class NoisyBoundLikelihood:
             sq = (pred.double() - target).pow(2).flatten(1).sum(dim=1)
             out.append(self._w[k] * sq + self._c[k])
         return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
-
-    def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
-        """``-(1/M) sum_m sum_k w_k L'_{t_k}``: ``theta (B, P) -> (B,)`` float64,
-        differentiable."""
-        terms = self.terms(theta)
-        return -(terms * self.weights.to(terms.dtype)).sum(-1).mean(-1)
-
-    __call__ = log_likelihood

@@ -85,13 +85,25 @@ class BoxTransform:
                 f"theta must lie strictly inside the prior box {self.space.to_dict()}, "
                 f"got {th.detach().cpu().tolist()}"
             )
-        return torch.logit(u)
+        return self.from_unit(u)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``theta = low + (high - low) sigmoid(z)``: ``(B, P)`` or ``(P,)`` -> ``(B, P)``."""
         zb = _as_batch(z, self.dim, "z")
         low, width = self._lw(zb)
-        return low + width * torch.sigmoid(zb)
+        return low + width * self.to_unit(zb)
+
+    @staticmethod
+    def to_unit(z: torch.Tensor) -> torch.Tensor:
+        """``u = (theta - low) / (high - low) = sigmoid(z)``, the unit-box coordinates (where
+        the surrogate lives); any shape, unchecked."""
+        return torch.sigmoid(z)
+
+    @staticmethod
+    def from_unit(u: torch.Tensor) -> torch.Tensor:
+        """``z = logit(u)``, the inverse of :meth:`to_unit`; ``u`` strictly inside ``(0, 1)``
+        (any shape, unchecked)."""
+        return torch.logit(u)
 
     def log_abs_det_jacobian(self, z: torch.Tensor) -> torch.Tensor:
         """``log |d theta / d z| = sum_i log[(high_i - low_i) s_i (1 - s_i)]``, ``s = sigmoid(z)``.

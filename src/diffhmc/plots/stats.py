@@ -18,16 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from numpy.typing import ArrayLike
 
-from diffhmc.core.errors import DiffHMCError, check_positive
-from diffhmc.stats.maps import (
-    FloatArray,
-    as_map_batch,
-    band,
-    minkowski_functionals,
-    peak_counts,
-    pixel_pdf,
-    power_spectrum,
-)
+from diffhmc.core.errors import DiffHMCError, as_map_batch, check_positive
+from diffhmc.stats import band, minkowski_functionals, peak_counts, pixel_pdf, power_spectrum
+from diffhmc.stats.binning import FloatArray
 
 __all__ = ["compare_statistics_figure", "maps_grid_figure"]
 

@@ -10,19 +10,24 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _cell3d(
+    pos: np.ndarray, p: int, n: int
+) -> tuple[int, int, int, int, int, int, float, float, float]:  # pragma: no cover - jitted
+    """CIC cell of particle ``p``: lower/upper corner indices (wrapped) and offsets in it."""
+    x, y, z = pos[p, 0], pos[p, 1], pos[p, 2]
+    fx, fy, fz = np.floor(x), np.floor(y), np.floor(z)
+    i0 = int(fx) % n
+    j0 = int(fy) % n
+    k0 = int(fz) % n
+    return i0, j0, k0, (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n, x - fx, y - fy, z - fz
+
+
 @numba.njit(cache=True, fastmath=False)
 def paint3d(pos: np.ndarray, n: int, out: np.ndarray) -> None:  # pragma: no cover - jitted
     """Add unit-mass CIC weights of ``pos`` ``(Np, 3)`` to ``out`` ``(n, n, n)``."""
     for p in range(pos.shape[0]):
-        x, y, z = pos[p, 0], pos[p, 1], pos[p, 2]
-        fx, fy, fz = np.floor(x), np.floor(y), np.floor(z)
-        dx, dy, dz = x - fx, y - fy, z - fz
-        i0 = int(fx) % n
-        j0 = int(fy) % n
-        k0 = int(fz) % n
-        i1 = (i0 + 1) % n
-        j1 = (j0 + 1) % n
-        k1 = (k0 + 1) % n
+        i0, j0, k0, i1, j1, k1, dx, dy, dz = _cell3d(pos, p, n)
         tx, ty, tz = 1.0 - dx, 1.0 - dy, 1.0 - dz
         out[i0, j0, k0] += tx * ty * tz
         out[i0, j0, k1] += tx * ty * dz
@@ -57,15 +62,7 @@ def readout3d(grid: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:  # pr
     n = grid.shape[0]
     nc = grid.shape[3]
     for p in range(pos.shape[0]):
-        x, y, z = pos[p, 0], pos[p, 1], pos[p, 2]
-        fx, fy, fz = np.floor(x), np.floor(y), np.floor(z)
-        dx, dy, dz = x - fx, y - fy, z - fz
-        i0 = int(fx) % n
-        j0 = int(fy) % n
-        k0 = int(fz) % n
-        i1 = (i0 + 1) % n
-        j1 = (j0 + 1) % n
-        k1 = (k0 + 1) % n
+        i0, j0, k0, i1, j1, k1, dx, dy, dz = _cell3d(pos, p, n)
         tx, ty, tz = 1.0 - dx, 1.0 - dy, 1.0 - dz
         for c in range(nc):
             out[p, c] = (

@@ -28,15 +28,17 @@ from diffhmc import __version__
 from diffhmc.batch.cluster import DONE_FILE, ERROR_FILE, ClusterSpec, Job, run_jobs
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import atomic_path, load_npy, save_figure, save_json, save_npy
-from diffhmc.evaluation.recalibration import Recalibration
-from diffhmc.inference.posterior import (
-    InferenceConfig,
-    Posterior,
-    infer_map,
-    infer_maps_joint,
-    prepare_map,
+from diffhmc.emulator.checkpoint import model_sha256
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.map_likelihood import prepare_map
+from diffhmc.inference.posterior import infer_map, infer_maps_joint
+from diffhmc.inference.recalibration import (
+    Recalibration,
+    load_recalibration,
     recalibrate,
+    shipped_recalibration,
 )
+from diffhmc.inference.result import Posterior
 from diffhmc.plots.inference import corner_figure, grid_figure, trace_figure
 
 Log = Callable[[str], None]
@@ -51,6 +53,7 @@ __all__ = [
     "run_posterior_job",
     "worker_model",
     "summary_table",
+    "recalibration_for",
 ]
 
 
@@ -252,6 +255,23 @@ def _save_table(out: Path, table: list[dict[str, Any]]) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def recalibration_for(
+    spec: str | None, model: Any, cfg: InferenceConfig, custom_model: bool = False
+) -> Recalibration | None:
+    """The recalibration ``spec`` names (a file, ``"shipped"`` or ``None``: none), checked
+    against ``model``'s parameters and checkpoint hash and the settings ``cfg`` before any
+    posterior runs. ``"shipped"`` is refused for a ``custom_model`` (not the shipped one)."""
+    if spec is None:
+        return None
+    shipped = spec == "shipped"
+    if shipped and custom_model:
+        raise DiffHMCError("--recalibration shipped is for the shipped model; drop --model")
+    path = shipped_recalibration(cfg.to_dict()) if shipped else Path(spec)
+    recal = load_recalibration(path)
+    recal.check(list(model.space.names), cfg.to_dict(), model_sha256(model.source))
+    return recal
+
+
 def _check_resume(out: Path, cfg: InferenceConfig, recal: Recalibration | None) -> None:
     """Refuse to resume a batch folder whose finished posteriors used other settings or
     another recalibration: the table would mix them."""
@@ -288,7 +308,7 @@ def infer_dataset(
     ``cluster`` (``None``: one after the other in this process with ``model``; otherwise
     every Dask worker loads ``model.source``, a checkpoint file, once).
 
-    ``recal`` (a fitted :class:`~diffhmc.evaluation.recalibration.Recalibration`) widens every
+    ``recal`` (a fitted :class:`~diffhmc.inference.recalibration.Recalibration`) widens every
     posterior. Finished maps (with a ``summary.json``) are skipped, so an interrupted run
     resumes.
     Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals, R-hat, ESS, time
@@ -298,6 +318,7 @@ def infer_dataset(
     """
     from diffhmc.core.fileio import load_json
     from diffhmc.data.dataset import load_dataset
+    from diffhmc.data.selection import pick_maps
 
     cluster = cluster or ClusterSpec(mode="inprocess")
     ds = load_dataset(dataset)
@@ -311,11 +332,7 @@ def infer_dataset(
         raise DiffHMCError(f"unknown split {split!r}; valid: {sorted(ds.splits)}")
     if n < 1 or n > len(sims):
         raise DiffHMCError(f"--n must be in [1, {len(sims)}] for split {split!r}, got {n}")
-    rng = np.random.default_rng(seed)
-    picks = []
-    for sim in sims[:n]:
-        rows = np.flatnonzero(ds.sim_id == sim)
-        picks.append((int(rng.choice(rows)), int(sim)))
+    picks = pick_maps(ds.sim_id, sims, n, seed)
     names = list(model.space.names)
     if cluster.mode == "inprocess":
         fn: Callable[[Any, Path], None] = functools.partial(run_posterior_job, model=model)
@@ -436,14 +453,18 @@ def inference_demo(
     return res
 
 
-def load_batch_posteriors(
-    run: Path, names: Sequence[str]
-) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[str]]:
-    """The finished posteriors of a ``diffhmc infer --dataset`` run folder, to fit a
-    recalibration on: draws ``(C, S, P)`` per map (from ``posterior.nc``), truths
-    ``(N, P)``, the common settings, and the maps left out because their posterior is
-    importance-weighted (their chain draws are not that posterior). Refuses maps without a
-    truth, with other settings, or already recalibrated."""
+WEIGHTED_DRAWS_FILE = "weighted_draws.npz"
+"""Optional file of a posterior folder: the importance-weighted posterior's draws
+``theta (N, P)`` and ``log_weights (N,)`` (the chains in ``posterior.nc`` are not that
+posterior). Read by :func:`load_batch_run` when present."""
+
+
+def load_batch_run(run: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Every finished posterior of a ``diffhmc infer --dataset`` run folder, in folder order:
+    ``{"folder": Path, "summary": dict, "draws": (C, S, P) chain draws from posterior.nc,
+    "weighted": (theta (N, P), log_weights (N,)) or None}`` (``weighted`` from
+    :data:`WEIGHTED_DRAWS_FILE` when the folder has one). Refuses a missing or empty folder
+    and summaries of other parameters."""
     from diffhmc.core.fileio import load_json
     from diffhmc.inference.diagnostics import load_inference_data
 
@@ -452,12 +473,34 @@ def load_batch_posteriors(
     folders = sorted(f.parent for f in Path(run).glob(f"*/{DONE_FILE}"))
     if not folders:
         raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")
-    draws, truths, settings, left_out = [], [], None, []
+    out = []
     for f in folders:
         sm = load_json(f / DONE_FILE, "posterior summary")
         params = sm.get("parameters", {})
         if list(params) != list(names):
             raise DiffHMCError(f"{f}: parameters {list(params)}, expected {list(names)}")
+        idata = load_inference_data(f / "posterior.nc")
+        draws = np.stack([np.asarray(idata.posterior[n]) for n in names], axis=-1)
+        weighted = None
+        if (f / WEIGHTED_DRAWS_FILE).is_file():
+            with np.load(f / WEIGHTED_DRAWS_FILE) as z:
+                weighted = (np.asarray(z["theta"]), np.asarray(z["log_weights"]))
+        out.append({"folder": f, "summary": sm, "draws": draws, "weighted": weighted})
+    return out
+
+
+def load_batch_posteriors(
+    run: Path, names: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any], list[str]]:
+    """The finished posteriors of a ``diffhmc infer --dataset`` run folder, to fit a
+    recalibration on: draws ``(C, S, P)`` per map (from ``posterior.nc``), truths
+    ``(N, P)``, the common settings, and the maps left out because their posterior is
+    importance-weighted (their chain draws are not that posterior). Refuses maps without a
+    truth, with other settings, or already recalibrated."""
+    draws, truths, settings, left_out = [], [], None, []
+    for rec in load_batch_run(run, names):
+        f, sm = rec["folder"], rec["summary"]
+        params = sm["parameters"]
         if any("truth" not in params[n] for n in names):
             raise DiffHMCError(f"{f}: no truth in the summary (fit on simulations)")
         if "recalibration" in sm:
@@ -469,8 +512,7 @@ def load_batch_posteriors(
             settings = sm["settings"]
         elif sm["settings"] != settings:
             raise DiffHMCError(f"{f}: settings differ from the run's other posteriors")
-        idata = load_inference_data(f / "posterior.nc")
-        draws.append(np.stack([np.asarray(idata.posterior[n]) for n in names], axis=-1))
+        draws.append(rec["draws"])
         truths.append([params[n]["truth"] for n in names])
     if settings is None:
         raise DiffHMCError(f"every posterior in {run} is importance-weighted: nothing to fit")

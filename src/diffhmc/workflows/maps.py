@@ -1,7 +1,7 @@
 """Workflows that write results to disk: simulate maps, compare statistics, the demo.
 
 These sit at the I/O edge: they call the pure functions of :mod:`diffhmc.simulation.simulator`,
-:mod:`diffhmc.stats.maps` and :mod:`diffhmc.plots.stats` and write arrays, JSON and PNGs
+:mod:`diffhmc.stats` and :mod:`diffhmc.plots.stats` and write arrays, JSON and PNGs
 atomically into a run folder. The CLI calls exactly one of them per subcommand.
 """
 
@@ -20,7 +20,7 @@ from diffhmc.core.fileio import load_npy, save_figure, save_json, save_npy
 from diffhmc.data.dataset import load_dataset
 from diffhmc.plots.stats import compare_statistics_figure, maps_grid_figure
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
-from diffhmc.stats.maps import pixel_pdf, power_spectrum
+from diffhmc.stats.spectra import pixel_pdf, power_spectrum
 
 Log = Callable[[str], None]
 

@@ -11,7 +11,8 @@ Methods:
 * ``cnn``, ``npe``: a trained :mod:`diffhmc.baselines.api` predictor (its ``predict``);
 * ``dhmc``: Diffusion-HMC with the plain bound, noise ignored (the paper's setting);
 * ``dhmc-noise``: Diffusion-HMC with the noise-aware bound
-  (:class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`, ``InferenceConfig.noise_std = s``).
+  (:class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`,
+  ``InferenceConfig.noise_std = s``).
   At ``s = 0`` it is the plain method, computed once and stored for both.
 
 Every ``method x level x map`` result is written atomically to
@@ -21,7 +22,7 @@ output folder whose saved ``config.json`` has other settings (dataset, split, se
 inference settings), or another checkpoint for a method it already ran.
 At the end: ``table.json``, ``table.csv``, ``table.md`` (per method, level and parameter:
 mean ``|bias|`` in %, RMSE, mean ``|z|``, 68% and 95% coverage, mean posterior std;
-:func:`diffhmc.baselines.api.baseline_metrics`) and ``robustness.png``.
+:func:`diffhmc.baselines.report.baseline_metrics`) and ``robustness.png``.
 
 Cost: a baseline predicts all maps of a level in seconds; a Diffusion-HMC posterior takes
 about 1-3 minutes on one CPU core with the default inference settings (``K = 20``), so a run
@@ -46,13 +47,14 @@ from diffhmc import __version__
 from diffhmc.core.errors import DiffHMCError, check_int_fields
 from diffhmc.core.fileio import atomic_path, load_json, save_figure, save_json
 from diffhmc.data.noise import add_log_noise
+from diffhmc.data.selection import pick_maps
 
 __all__ = [
     "METHODS",
     "METHOD_LABELS",
     "Predictor",
     "RobustnessConfig",
-    "pick_maps",
+    "load_methods",
     "run_robustness",
     "robustness_table",
 ]
@@ -117,19 +119,6 @@ class RobustnessConfig:
         return d
 
 
-def pick_maps(sim_id: np.ndarray, sims: np.ndarray, n: int, seed: int) -> list[tuple[int, int]]:
-    """``(row, sim)`` of one map per simulation for the first ``n`` simulations ``sims``,
-    chosen by ``numpy.random.default_rng(seed)`` (the picks of ``diffhmc infer --dataset``)."""
-    if n < 1 or n > len(sims):
-        raise DiffHMCError(f"n_maps must be in [1, {len(sims)}] for this split, got {n}")
-    rng = np.random.default_rng(seed)
-    picks = []
-    for sim in sims[:n]:
-        rows = np.flatnonzero(sim_id == sim)
-        picks.append((int(rng.choice(rows)), int(sim)))
-    return picks
-
-
 def _level_dir(level: float) -> str:
     return f"level_{level:g}"
 
@@ -175,6 +164,30 @@ def _check_resume(out: Path, settings: dict[str, Any], sources: dict[str, str]) 
     return {**old, **sources}
 
 
+def load_methods(
+    methods: Sequence[str],
+    cnn: Path | None = None,
+    npe: Path | None = None,
+    model: Path | None = None,
+    device: str = "cpu",
+) -> tuple[Any, dict[str, Predictor]]:
+    """The diffusion model (``None`` unless a ``dhmc*`` method is asked for) and the
+    baselines among ``methods`` for :func:`run_robustness`; a ``None`` path means the
+    shipped checkpoint."""
+    baselines: dict[str, Predictor] = {}
+    for kind, path in (("cnn", cnn), ("npe", npe)):
+        if kind in methods:
+            from diffhmc.baselines.api import load_baseline, shipped_baseline
+
+            baselines[kind] = load_baseline(path if path is not None else shipped_baseline(kind))
+    diffusion = None
+    if any(m.startswith("dhmc") for m in methods):
+        from diffhmc.emulator.checkpoint import load_model
+
+        diffusion = load_model(model, device=device)
+    return diffusion, baselines
+
+
 def run_robustness(
     cfg: RobustnessConfig,
     out: Path,
@@ -194,7 +207,8 @@ def run_robustness(
     from tqdm import tqdm
 
     from diffhmc.data.dataset import load_dataset
-    from diffhmc.inference.posterior import InferenceConfig, infer_map
+    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.posterior import infer_map
 
     baselines = dict(baselines or {})
     infer_cfg = infer_cfg or InferenceConfig()
@@ -324,7 +338,7 @@ def robustness_table(
     out: Path, cfg: RobustnessConfig, picks: Sequence[tuple[int, int]], names: Sequence[str]
 ) -> dict[str, Any]:
     """Metrics per method, level and parameter from the saved results."""
-    from diffhmc.baselines.api import baseline_metrics
+    from diffhmc.baselines.report import baseline_metrics
 
     rows = []
     for (method, lv), arr in load_results(out, cfg, picks).items():

@@ -1,0 +1,192 @@
+"""Argument blocks several subcommands share, and the run folders the CLI creates."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+EPILOG_FMT = "example:\n  {}"
+
+
+def subparser(sub: Any, name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose help shows the defaults and one ``example`` command line."""
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=EPILOG_FMT.format(example),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def add_theta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--omega-m", type=float, required=True, help="Omega_m in [0.1, 0.5]")
+    p.add_argument("--sigma-8", type=float, required=True, help="sigma_8 in [0.6, 1.0]")
+
+
+def add_config_args(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """``--config FILE`` (YAML settings) and repeatable ``--set KEY=VALUE`` (``overrides``),
+    read by :mod:`diffhmc.core.config`."""
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=set_help,
+    )
+
+
+def add_sim_config_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(
+        p,
+        "YAML file of simulation settings (keys of SimConfig)",
+        "override one simulation setting, e.g. --set n_steps=20 (repeatable)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="map pixels per side (shortcut for --set map_resolution=R)",
+    )
+
+
+def sim_config(args: argparse.Namespace) -> Any:
+    """The SimConfig of :func:`add_sim_config_args`' options (validated)."""
+    from diffhmc.core.config import load_config
+    from diffhmc.simulation.simulator import SimConfig
+
+    fixed = {} if args.resolution is None else {"map_resolution": args.resolution}
+    return load_config(
+        SimConfig,
+        args.config,
+        args.overrides,
+        fill_defaults=True,
+        what="simulation settings",
+        **fixed,
+    )
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: the shipped model)"
+    )
+
+
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference")
+    g.add_argument(
+        "--method",
+        choices=("surrogate", "exact"),
+        default="surrogate",
+        help="NUTS on a checked surrogate of the bound (fast on CPU) or on the bound itself",
+    )
+    g.add_argument("--timesteps", type=int, default=20, help="use timesteps 0..K-1 of the bound")
+    g.add_argument(
+        "--full-bound",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timesteps 0..K-1: an unbiased estimate of the full bound from N "
+        "importance-sampled timesteps",
+    )
+    g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
+    g.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise draws")
+    g.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
+    g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
+    g.add_argument("--mcmc-seed", type=int, default=0, help="seed of the chains")
+    g.add_argument(
+        "--sampler",
+        choices=("nuts", "hmc"),
+        default="nuts",
+        help="nuts (adaptive) or hmc: the paper's plain HMC, fixed step and path, no adaptation",
+    )
+    g.add_argument(
+        "--separate-chains",
+        action="store_true",
+        help="run the chains one after another (default: in lockstep, sharing each call)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="posterior L^(1/T) p(theta): T > 1 widens an over-sharp emulator's posterior "
+        "(README: calibration)",
+    )
+    g.add_argument("--hmc-step", type=float, default=5e-4, help="plain HMC step size (in z)")
+    g.add_argument("--hmc-leapfrog", type=int, default=5, help="plain HMC leapfrog steps")
+    g.add_argument(
+        "--grid",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cross-check: the exact bound on an N x N grid over the posterior mean +- 5 std "
+        "(moments compared in summary.json, grid.png); 0: off",
+    )
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def inference_config(args: argparse.Namespace) -> Any:
+    """The InferenceConfig of :func:`add_inference_args`' options (validated)."""
+    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.mcmc import NUTSConfig
+
+    return InferenceConfig(
+        method=args.method,
+        n_timesteps=args.timesteps,
+        n_draws=args.draws,
+        noise_seed=args.noise_seed,
+        noise_std=getattr(args, "noise_std", 0.0),
+        full_bound=args.full_bound,
+        grid_check=args.grid,
+        temperature=args.temperature,
+        nuts=NUTSConfig(
+            vectorize=not args.separate_chains,
+            n_chains=args.chains,
+            n_warmup=args.warmup,
+            n_samples=args.samples,
+            seed=args.mcmc_seed,
+            algorithm=args.sampler,
+            hmc_step_size=args.hmc_step,
+            hmc_num_steps=args.hmc_leapfrog,
+        ),
+    )
+
+
+def add_recalibration_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recalibration",
+        default=None,
+        metavar="FILE",
+        help="widen the posteriors by per-parameter factors fitted on validation "
+        "simulations (`diffhmc recalibrate`); 'shipped': the shipped model's file for these "
+        "settings (README: calibration). Refused for other settings or models",
+    )
+
+
+_CREATED: list[Path] = []
+
+
+def run_dir(out: Path | None, command: str) -> Path:
+    """A fresh run folder (see :func:`diffhmc.core.fileio.new_run_dir`), removed again by
+    :func:`remove_empty_run_dirs` if the command fails before writing anything into it."""
+    from diffhmc.core.fileio import new_run_dir
+
+    path = new_run_dir(out, command)
+    _CREATED.append(path)
+    return path
+
+
+def forget_run_dirs() -> None:
+    _CREATED.clear()
+
+
+def remove_empty_run_dirs() -> None:
+    while _CREATED:
+        path = _CREATED.pop()
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

@@ -1,0 +1,140 @@
+"""Settings of one map's posterior (:class:`InferenceConfig`): validated, frozen, saved with
+every result (``summary["settings"]``).
+
+The bound of :mod:`diffhmc.inference.likelihood` is set by ``n_timesteps`` / ``timesteps``
+/ ``bound_weights`` / ``full_bound`` / ``n_draws`` / ``noise_seed`` / ``noise_std``; the way
+it is sampled (:data:`METHODS`) by ``method``, ``nuts`` and the surrogate and locate settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from diffhmc.core.errors import DiffHMCError, check_int_fields
+from diffhmc.inference.mcmc import NUTSConfig
+
+__all__ = ["METHODS", "InferenceConfig"]
+
+METHODS = ("surrogate", "exact")
+"""``"surrogate"``: NUTS on a fitted surrogate of ``log L``, corrected by importance
+weights (:mod:`diffhmc.inference.surrogate_posterior`); ``"exact"``: NUTS on the bound."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Settings of one posterior (validated; saved with every result)."""
+
+    method: str = "surrogate"
+    n_timesteps: int = 20
+    """Use the first ``n_timesteps`` timesteps ``t = 0 .. K-1`` (paper: 20)..."""
+    timesteps: tuple[int, ...] | None = None
+    """...or exactly these code timesteps (overrides ``n_timesteps``)."""
+    bound_weights: tuple[float, ...] | None = None
+    """Weights ``w_k`` of the bound's terms, one per entry of ``timesteps`` (which must then
+    be given; not with ``full_bound`` or ``noise_std``), e.g. the importance weights of
+    :func:`diffhmc.inference.timesteps.importance_timesteps`. ``None``: unit weights. Only
+    the posterior's bound uses them; the locate step's cheap bound keeps unit weights."""
+    full_bound: int = 0
+    """If > 0: instead of the first timesteps, an unbiased estimate of the FULL bound
+    (all ``T`` terms) from this many importance-sampled timesteps (seeded by
+    ``noise_seed``; :func:`diffhmc.inference.timesteps.importance_timesteps`)."""
+    n_draws: int = 1
+    noise_seed: int = 0
+    nuts: NUTSConfig = field(default_factory=NUTSConfig)
+    n_correction: int = 24
+    """Surrogate method: distinct draws at which the exact bound checks the surrogate."""
+    max_log_weight_std: float = 0.1
+    """Surrogate accepted when ``std(log L - s)`` over those draws is at most this (nats)."""
+    max_refits: int = 2
+    coarse_grid: int = 5
+    locate_rounds: int = 4
+    locate_timesteps: int = 4
+    """Timesteps ``0 .. n-1`` of the bound used to find the posterior's region."""
+    max_batch: int = 64
+    """Largest number of network rows (theta x timestep x draw) per forward call."""
+    use_ema: bool = True
+    grid_check: int = 0
+    """If >= 3: after sampling, evaluate the exact ``log L`` on a ``grid_check``-per-axis grid
+    over the posterior mean +- 5 std (clipped to the prior box) and compare the moments
+    (:mod:`diffhmc.inference.grid`); costs ``grid_check^P`` bound evaluations."""
+    temperature: float = 1.0
+    """Likelihood tempering: the posterior is ``L(theta)^(1/T) p(theta)``. ``T = 1`` is the
+    bound itself; ``T > 1`` widens the posterior (about ``sqrt(T)`` in std for a Gaussian
+    one) to calibrate an emulator whose bound is too sharp, with ``T`` fitted on held-out
+    simulations (``evaluations/tempering.py``)."""
+    noise_std: float = 0.0
+    """Known white-noise std (dex) added to the map's ``log10``; > 0 uses the noise-aware
+    bound (:class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`), whose
+    timesteps (and ``full_bound`` draws) count from the matched noise level instead of
+    ``t = 0``."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DiffHMCError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if isinstance(self.full_bound, bool) or not isinstance(self.full_bound, int):
+            raise DiffHMCError(f"full_bound must be an integer >= 0, got {self.full_bound!r}")
+        if self.full_bound < 0:
+            raise DiffHMCError(f"full_bound must be >= 0, got {self.full_bound}")
+        names = ("n_timesteps", "n_draws", "n_correction", "coarse_grid", "max_batch")
+        check_int_fields(self, dict.fromkeys(names, 1), "inference setting")
+        if self.coarse_grid < 3:
+            raise DiffHMCError("coarse_grid must be >= 3")
+        if self.grid_check != 0 and (
+            isinstance(self.grid_check, bool)
+            or not isinstance(self.grid_check, int)
+            or self.grid_check < 3
+        ):
+            raise DiffHMCError(f"grid_check must be 0 (off) or >= 3, got {self.grid_check!r}")
+        if self.max_refits < 0 or self.locate_rounds < 1:
+            raise DiffHMCError("max_refits must be >= 0 and locate_rounds >= 1")
+        tt = self.temperature
+        if isinstance(tt, bool) or not isinstance(tt, (int, float)) or not 0 < tt < math.inf:
+            raise DiffHMCError(f"temperature must be a finite number > 0, got {tt!r}")
+        object.__setattr__(self, "temperature", float(tt))
+        ns = self.noise_std
+        if isinstance(ns, bool) or not isinstance(ns, (int, float)) or not ns >= 0:
+            raise DiffHMCError(f"noise_std must be a number >= 0, got {ns!r}")
+        if not math.isfinite(ns):
+            raise DiffHMCError(f"noise_std must be finite, got {ns!r}")
+        object.__setattr__(self, "noise_std", float(ns))
+        if self.bound_weights is not None:
+            object.__setattr__(self, "bound_weights", self._checked_weights(self.bound_weights))
+
+    def _checked_weights(self, weights: Any) -> tuple[float, ...]:
+        """``bound_weights`` as floats (a list, tuple, array or tensor of numbers), one
+        finite number per entry of ``timesteps``."""
+        if self.timesteps is None or self.full_bound or self.noise_std > 0:
+            raise DiffHMCError(
+                "bound_weights need an explicit timesteps list (one weight per timestep) and "
+                "apply to the plain bound only (not with full_bound or noise_std)"
+            )
+        try:
+            items = list(weights)
+            w = tuple(float(x) for x in items if not isinstance(x, (bool, str, bytes)))
+        except (TypeError, ValueError):
+            items, w = [], ()
+        if len(w) != len(items) or len(w) != len(self.timesteps) or not all(map(math.isfinite, w)):
+            raise DiffHMCError(
+                f"bound_weights must be {len(self.timesteps)} finite numbers (one per "
+                f"timestep), got {weights!r}"
+            )
+        return w
+
+    def timestep_list(self) -> list[int]:
+        return list(self.timesteps) if self.timesteps is not None else list(range(self.n_timesteps))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as saved with a result: every field (``timesteps`` spelled out, or
+        ``None`` for a full-bound estimate), ``bound_weights`` only when set (so the
+        settings of unit-weight runs read as before it existed)."""
+        d = asdict(self)
+        d["timesteps"] = None if self.full_bound else self.timestep_list()
+        if self.bound_weights is None:
+            del d["bound_weights"]
+        else:
+            d["bound_weights"] = list(self.bound_weights)
+        return d
