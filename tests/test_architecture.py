@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,30 @@ def test_layer_map_documents_every_subpackage() -> None:
     for sub in subs:
         assert f"{sub}/" in doc, f"package docstring's layer map misses {sub}/"
         mod = importlib.import_module(f"diffhmc.{sub}")
-        assert mod.__doc__ and "Imports:" in mod.__doc__ or sub == "cli", sub
+        assert mod.__doc__ and "Imports:" in mod.__doc__, f"{sub} docstring lacks 'Imports:'"
+
+
+def _declared(doc: str) -> set[str] | None:
+    """Subpackages a docstring's ``Imports:`` paragraph names (None: "every ...")."""
+    para = doc.split("Imports:", 1)[1].split("\n\n", 1)[0]
+    if "every" in para:
+        return None
+    return set(re.findall(r"diffhmc\.(\w+)", para))
+
+
+def test_docstrings_say_what_each_subpackage_imports() -> None:
+    """What a subpackage's docstring says it may import covers what it does import."""
+    actual: dict[str, set[str]] = {sub: set() for sub in RANK}
+    for mod, path in _modules().items():
+        own = _subpackage(mod)
+        for target, _ in _imports(path):
+            dep = _subpackage(target)
+            if own and dep and dep != own:
+                actual[own].add(dep)
+    for sub in RANK:
+        declared = _declared(importlib.import_module(f"diffhmc.{sub}").__doc__ or "")
+        if declared is not None:
+            assert actual[sub] <= declared, f"{sub} imports {sorted(actual[sub] - declared)}"
 
 
 def test_every_module_imports() -> None:

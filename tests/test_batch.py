@@ -86,6 +86,7 @@ class _Killer(threading.Thread):
             self.error = exc
 
 
+@pytest.mark.slow  # a real 2-worker Dask cluster
 def test_worker_killed_mid_run_loses_nothing_and_rerun_skips(
     tiny: tuple[Path, Path], cluster: Any, tmp_path: Path
 ) -> None:

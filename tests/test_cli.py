@@ -13,6 +13,7 @@ from diffhmc.cli.main import main
 TINY = ["--set", "n_particles=24", "--set", "n_mesh=48", "--set", "n_steps=4", "--resolution", "16"]
 
 
+@pytest.mark.slow  # the full demo with the shipped model
 def test_inference_demo_with_the_shipped_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -364,6 +364,7 @@ def test_cli_recalibrate_then_infer_with_it(
     assert code == 2 and "no finished posteriors" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # one exact-bound NUTS run over several maps (~25 s)
 def test_cli_infer_joint_maps_share_one_run(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

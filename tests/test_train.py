@@ -189,6 +189,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two DDP training processes
 def test_two_process_ddp_ranks_agree(tiny_dataset: Path, tmp_path: Path) -> None:
     """torchrun starts 2 gloo processes; both must end with identical weights."""
     script = tmp_path / "ddp_train.py"

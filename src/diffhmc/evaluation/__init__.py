@@ -1,6 +1,6 @@
-"""Evaluation metrics of posteriors: coverage with Wilson intervals, z-scores, SBC ranks,
-TARP (``metrics``), and the per-parameter recalibration fitted on validation posteriors
-(``recalibration``).
+"""Evaluation metrics of posteriors (pure numpy, no I/O): interval coverage with Wilson
+intervals, z-scores, RMSE, bias, SBC ranks, TARP (``metrics``). The recalibration fitted
+with them lives in :mod:`diffhmc.inference.recalibration`.
 
-Imports: :mod:`diffhmc.core`, :mod:`diffhmc.inference`.
+Imports: :mod:`diffhmc.core` only.
 """
