@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffhmc.batch.cluster import ClusterSpec
+from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.fileio import save_json
 from diffhmc.core.machine import GLIBC_TUNABLES, machine_info
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL, load_model
@@ -42,7 +42,7 @@ def run_config(
 ) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    from diffhmc.workflows.infer import infer_dataset
+    from diffhmc.workflows.batch_infer import infer_dataset
 
     model = load_model(None)
     load_before = os.getloadavg()

@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from diffhmc.batch.cluster import ClusterSpec
+from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation import metrics
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
-from diffhmc.workflows.infer import infer_dataset, load_batch_run
+from diffhmc.workflows.batch_infer import infer_dataset, load_batch_run
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
     "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",

@@ -33,15 +33,9 @@ from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL
 from diffhmc.evaluation.metrics import in_interval, wilson_interval
-from diffhmc.inference.recalibration import (
-    bound_settings,
-    coverage,
-    fit_recalibration,
-    fit_widening,
-    shipped_path,
-    widen,
-)
-from diffhmc.workflows.infer import load_batch_run
+from diffhmc.inference.recalibration import bound_settings, fit_recalibration, shipped_path
+from diffhmc.inference.widening import coverage, fit_widening, widen
+from diffhmc.workflows.batch_infer import load_batch_run
 
 CURVE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 

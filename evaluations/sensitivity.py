@@ -36,7 +36,7 @@ from diffhmc.emulator.checkpoint import load_model
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.grid import compare_moments, grid_axes, grid_moments, grid_points
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
-from diffhmc.workflows.infer import load_batch_run
+from diffhmc.workflows.batch_infer import load_batch_run
 
 KS = (5, 10, 20, 40)
 REFERENCE = "full"

@@ -32,7 +32,7 @@ from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation.metrics import in_interval, z_scores
-from diffhmc.workflows.infer import load_batch_run
+from diffhmc.workflows.batch_infer import load_batch_run
 
 LEVELS = (0.68, 0.95)
 T_GRID = np.round(np.arange(1.0, 8.0001, 0.05), 2)

@@ -26,7 +26,7 @@ import numpy as np
 
 from diffhmc.core.fileio import atomic_path, load_json, save_json
 from diffhmc.inference.diagnostics import inference_data
-from diffhmc.workflows.infer import WEIGHTED_DRAWS_FILE
+from diffhmc.workflows.batch_infer import WEIGHTED_DRAWS_FILE
 
 
 def convert(run: Path, out: Path) -> int:

@@ -11,7 +11,7 @@ import pytest
 from diffhmc.core.prior import ParamSpace
 from diffhmc.data.writer import write_dataset
 from diffhmc.emulator.schedule import ScheduleConfig
-from diffhmc.emulator.train import TrainConfig
+from diffhmc.emulator.train_config import TrainConfig
 from diffhmc.emulator.unet import UNetConfig
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from diffhmc.batch.cluster import ClusterSpec, Job, SlurmSpec, run_jobs, slurm_cluster
+from diffhmc.batch.cluster import Job, run_jobs
+from diffhmc.batch.spec import ClusterSpec, SlurmSpec, slurm_cluster
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
@@ -93,7 +94,7 @@ def test_worker_killed_mid_run_loses_nothing_and_rerun_skips(
     from distributed import Client
 
     from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.workflows.infer import infer_dataset
+    from diffhmc.workflows.batch_infer import infer_dataset
 
     ds, ckpt = tiny
     model = load_model(ckpt)
@@ -171,7 +172,7 @@ def test_dataset_batch_with_a_bad_map_writes_the_rest_and_raises(
     table holds the finished map, and the run ends with an error naming the failure."""
     from diffhmc.data.dataset import load_dataset
     from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.workflows.infer import infer_dataset
+    from diffhmc.workflows.batch_infer import infer_dataset
 
     src, ckpt = tiny
     ds = tmp_path / "ds"

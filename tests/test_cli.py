@@ -99,7 +99,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 
 
 def test_overrides_parse_scientific_notation() -> None:
-    from diffhmc.emulator.train import load_train_config
+    from diffhmc.emulator.train_config import load_train_config
 
     cfg = load_train_config(None, ["lr=3e-4", "model.base_channels=16", "loss=huber"])
     assert cfg.lr == 3e-4 and cfg.model.base_channels == 16 and cfg.loss == "huber"

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from diffhmc.emulator.checkpoint import read_checkpoint
-from diffhmc.emulator.train import TrainConfig, train
+from diffhmc.emulator.train import train
+from diffhmc.emulator.train_config import TrainConfig
 from diffhmc.emulator.unet import UNet
 
 pytestmark = pytest.mark.slow  # two training processes (DDP over gloo)

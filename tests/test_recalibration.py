@@ -11,13 +11,8 @@ import pytest
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation.metrics import wilson_interval
-from diffhmc.inference.recalibration import (
-    Recalibration,
-    coverage,
-    fit_widening,
-    load_recalibration,
-    widen,
-)
+from diffhmc.inference.recalibration import Recalibration, load_recalibration
+from diffhmc.inference.widening import coverage, fit_widening, widen
 
 SPACE = ParamSpace.camels()
 SETTINGS = {

@@ -61,7 +61,8 @@ def test_run_robustness_all_methods_table_figure_resume(
     from diffhmc.emulator.checkpoint import load_model
     from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.mcmc import NUTSConfig
-    from diffhmc.workflows.robustness import RobustnessConfig, run_robustness
+    from diffhmc.workflows.robustness import run_robustness
+    from diffhmc.workflows.robustness_report import RobustnessConfig
 
     ds_path, ckpt = tiny
     model = load_model(ckpt)
@@ -111,7 +112,8 @@ def test_run_robustness_all_methods_table_figure_resume(
 
 
 def test_robustness_config_validation(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    from diffhmc.workflows.robustness import RobustnessConfig, run_robustness
+    from diffhmc.workflows.robustness import run_robustness
+    from diffhmc.workflows.robustness_report import RobustnessConfig
 
     ds_path, _ = tiny
     for kw, msg in (

@@ -1,4 +1,5 @@
-"""Noise schedules and bound terms (diffhmc.emulator.schedule), checked against independent formulas.
+"""Noise schedules and bound terms (diffhmc.emulator.schedule), checked against independent
+formulas.
 
 References are written out here from the papers (Ho et al. 2020 eqs. 4-7 and 11; Nichol &
 Dhariwal 2021 eq. 17; the Diffusion-HMC authors' ``custom_linear_beta_schedule``), not by

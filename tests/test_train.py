@@ -18,7 +18,8 @@ from conftest import tiny_config
 from diffhmc.cli.main import main
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.emulator.checkpoint import load_model, read_checkpoint
-from diffhmc.emulator.train import TrainConfig, train
+from diffhmc.emulator.train import train
+from diffhmc.emulator.train_config import TrainConfig
 from diffhmc.emulator.unet import UNetConfig
 
 

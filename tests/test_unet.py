@@ -1,4 +1,5 @@
-"""The conditional U-Net (diffhmc.emulator.unet) and the dihedral augmentation (diffhmc.data.augment).
+"""The conditional U-Net (diffhmc.emulator.unet) and the dihedral augmentation
+(diffhmc.data.augment).
 
 Tiny networks (base 8, 16x16 / 32x32 maps) keep this file fast. A fresh UNet has a
 zero-initialised output conv (it predicts eps = 0 exactly), which would make every

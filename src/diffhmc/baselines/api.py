@@ -221,9 +221,8 @@ def npe_initializer(
         raise DiffHMCError(f"npe_initializer takes one map (H, W), got shape {a.shape}")
     draws = m.sample(a, n=n_draws, seed=seed)[0]
     if unconstrained:
-        draws = m.space.to_unconstrained(draws, "NPE posterior draws")
+        draws = m.space.to_unconstrained(draws, "NPE posterior draws", clip=1e-12)
     return npe.mean_and_covariance(draws)
-
 
 
 def load_baseline(path: str | os.PathLike[str]) -> Baseline:

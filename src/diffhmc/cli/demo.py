@@ -44,11 +44,12 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = sim_config(args)
     if args.simulator_only:
-        from diffhmc.workflows.maps import simulator_demo
+        from diffhmc.workflows.demo import simulator_demo
 
         simulator_demo(run_dir(args.out, "demo"), seed=args.seed, config=cfg)
         return 0
-    from diffhmc.workflows.infer import inference_demo, recalibration_for
+    from diffhmc.workflows.demo import inference_demo
+    from diffhmc.workflows.infer import recalibration_for
 
     icfg = inference_config(args)
     recal = None

@@ -114,7 +114,7 @@ def _add_batch_args(p: argparse.ArgumentParser) -> None:
 
 def cluster_spec(args: argparse.Namespace) -> Any:
     """The ClusterSpec of the batch options (validated)."""
-    from diffhmc.batch.cluster import ClusterSpec
+    from diffhmc.batch.spec import ClusterSpec
 
     return ClusterSpec.from_options(
         workers=args.workers,
@@ -136,7 +136,8 @@ def cluster_spec(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from diffhmc.core.fileio import require_file
     from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.workflows.infer import infer_arrays, infer_dataset, recalibration_for
+    from diffhmc.workflows.batch_infer import infer_dataset
+    from diffhmc.workflows.infer import infer_arrays, recalibration_for
 
     if bool(args.maps) == (args.dataset is not None):
         raise DiffHMCError("give either map files or --dataset DIR, not both or neither")
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 def run_recalibrate(args: argparse.Namespace) -> int:
     from diffhmc.emulator.checkpoint import load_model, model_sha256
     from diffhmc.inference.recalibration import fit_recalibration
-    from diffhmc.workflows.infer import load_batch_posteriors
+    from diffhmc.workflows.batch_infer import load_batch_posteriors
 
     model = load_model(args.model)
     names = list(model.space.names)

@@ -57,7 +57,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffhmc.workflows.robustness import RobustnessConfig, load_methods, run_robustness
+    from diffhmc.workflows.robustness import load_methods, run_robustness
+    from diffhmc.workflows.robustness_report import RobustnessConfig
 
     cfg = RobustnessConfig(
         dataset=str(args.dataset),

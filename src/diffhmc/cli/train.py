@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffhmc.emulator.train import load_train_config, train
+    from diffhmc.emulator.train import train
+    from diffhmc.emulator.train_config import load_train_config
 
     if args.resume is not None:
         if args.config is not None:

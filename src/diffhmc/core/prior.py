@@ -99,14 +99,20 @@ class ParamSpace:
         """Inverse of :meth:`normalize`."""
         return self.low + np.asarray(u, dtype=np.float64) * (self.high - self.low)
 
-    def to_unconstrained(self, theta: np.ndarray, what: str = "parameters") -> np.ndarray:
+    def to_unconstrained(
+        self, theta: np.ndarray, what: str = "parameters", clip: float = 0.0
+    ) -> np.ndarray:
         """``z = logit((theta - low) / (high - low))``, shape preserved (``(..., P)``).
 
         The sampler's coordinates (:class:`diffhmc.inference.potential.BoxTransform` is the
         torch/autograd twin). ``theta`` must lie strictly inside the box (edges map to
-        ``+-inf``); otherwise :class:`DiffHMCError` naming ``what``.
+        ``+-inf``); otherwise :class:`DiffHMCError` naming ``what``. With ``clip > 0`` the
+        normalised values are clipped to ``[clip, 1 - clip]`` first (draws of a density
+        model that may round onto an edge).
         """
         u = self.normalize(theta)
+        if clip > 0:
+            u = np.clip(u, clip, 1.0 - clip)
         if u.shape[-1:] != (self.dim,) or not np.all((u > 0) & (u < 1)):
             raise DiffHMCError(
                 f"{what} must have shape (..., {self.dim}) and lie strictly inside the prior "

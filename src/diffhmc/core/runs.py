@@ -12,12 +12,15 @@ atomically (:func:`diffhmc.core.fileio.atomic_path`), so an interrupted item is 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import json_normalise, load_json, save_json
+
+Log = Callable[[str], None]
+"""Where a run reports progress lines (``print`` by default; a CLI may pass its own)."""
 
 
 def settings_diff(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -1,9 +1,10 @@
 """Ancestral DDPM and DDIM samplers for any eps-model ``eps_model(x_t, t, theta) -> eps``.
 
 ``eps_model`` takes x_t (B, C, H, W), t (B,) int64 code indices in [0, T-1] (see
-:mod:`diffhmc.emulator.schedule` for the index convention) and theta (B, P), and returns the predicted
-eps (B, C, H, W). Samples follow ``theta``'s dtype and device; all randomness comes from the
-``generator`` passed in (noise is drawn on ``generator.device``), so a seed fixes the output.
+:mod:`diffhmc.emulator.schedule` for the index convention) and theta (B, P), and returns
+the predicted eps (B, C, H, W). Samples follow ``theta``'s dtype and device; all randomness
+comes from the ``generator`` passed in (noise is drawn on ``generator.device``), so a seed
+fixes the output.
 """
 
 from __future__ import annotations

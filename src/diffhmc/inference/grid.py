@@ -27,6 +27,7 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
+from diffhmc.core.runs import Log
 
 __all__ = [
     "GridPosterior",
@@ -175,7 +176,7 @@ def grid_check(
     summary: dict[str, Any],
     names: list[str],
     n: int,
-    say: Callable[[str], None],
+    say: Log,
 ) -> GridPosterior:
     """Exact ``log_like`` (``theta (N, P) -> (N,)``) on an ``n``-per-axis grid over the
     sampled posterior's mean +- 5 std (``summary["parameters"]``); adds ``grid_check`` to

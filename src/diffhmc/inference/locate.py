@@ -13,7 +13,6 @@ chain starts around a fitted maximum. All in the sampler's coordinates
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.runs import Log
 from diffhmc.emulator.sampling import EpsModel
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
@@ -59,7 +59,7 @@ def _trust_region(
     scale: torch.Tensor,
     max_scale: torch.Tensor,
     rounds: int,
-    log: Callable[[str], None],
+    log: Log,
     label: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Forward-only trust-region search for the maximum of ``like`` in ``z``.
@@ -109,7 +109,7 @@ def locate(
     cheap: MapLikelihood,
     tr: BoxTransform,
     cfg: InferenceConfig,
-    log: Callable[[str], None],
+    log: Log,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Design points ``z (N, P)`` and exact ``log L`` values ``(N,)`` around the maximum.
 
@@ -186,7 +186,7 @@ def locate_map(
     model: LoadedModel,
     density: np.ndarray,
     cfg: InferenceConfig,
-    say: Callable[[str], None],
+    say: Log,
     eps_model: EpsModel | None = None,
 ) -> tuple[MapLikelihood, MapLikelihood, torch.Tensor, torch.Tensor]:
     """A map's likelihood, the cheaper one used to locate its posterior (the first

@@ -36,13 +36,14 @@ in physical units; ``z`` the unconstrained coordinates.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.runs import Log
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.likelihood import BoundLikelihood, StackedBound
 from diffhmc.inference.locate import design_inits, locate_map
@@ -64,7 +65,7 @@ def infer_map(
     cfg: InferenceConfig | None = None,
     truth: Sequence[float] | None = None,
     progress: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> Posterior:
     """Posterior of ``model.space``'s parameters for one physical-unit map ``(H, W)``."""
     cfg = cfg or InferenceConfig()
@@ -98,7 +99,7 @@ def infer_maps_joint(
     cfg: InferenceConfig,
     truths: Sequence[Sequence[float] | None] | None = None,
     progress: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> list[Posterior]:
     r"""Exact-bound posteriors of ``N`` maps from ONE vectorised NUTS run.
 

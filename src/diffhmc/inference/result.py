@@ -9,7 +9,7 @@ importance-checked draws ``(N, P)``; a truth ``(P,)``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.runs import Log
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.diagnostics import inference_data, summarize_draws
 from diffhmc.inference.grid import GridPosterior, grid_check
@@ -88,7 +89,7 @@ def finish_posterior(
     t0: float,
     rows_locate: int,
     rows: int,
-    say: Callable[[str], None],
+    say: Log,
 ) -> Posterior:
     """Grid check (``cfg.grid_check``), timings (total since ``t0``), settings, network row
     counts and InferenceData, added to ``post`` (returned)."""

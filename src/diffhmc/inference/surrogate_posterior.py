@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from diffhmc.core.runs import Log
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.diagnostics import psis, summarize_draws, weighted_summary
 from diffhmc.inference.locate import dispersed_inits
@@ -69,7 +70,7 @@ def surrogate_posterior(
     names: list[str],
     truth: np.ndarray | None,
     progress: bool,
-    say: Callable[[str], None],
+    say: Log,
     timings: dict[str, float],
 ) -> Posterior:
     """The surrogate method's posterior of ``like`` from the locate design ``z_design

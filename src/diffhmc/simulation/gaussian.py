@@ -1,5 +1,8 @@
 r"""Stationary periodic Gaussian random fields with an exact, closed-form likelihood.
 
+(About 480 lines, kept in one file: one class and the derivation its methods implement;
+the docstring below is a quarter of it.)
+
 This family is the ground truth for checking the diffusion model's posteriors: maps
 ``x`` of shape ``(N, N)`` in the normalised space the model sees (values of order
 unity), with ``p(x | theta)`` known exactly, so the posterior over

@@ -8,7 +8,6 @@ atomically into a run folder. The CLI calls exactly one of them per subcommand.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ import numpy as np
 from diffhmc import __version__
 from diffhmc.core.errors import DiffHMCError, check_positive, check_square_maps
 from diffhmc.core.fileio import load_npy, save_figure, save_json, save_npy
+from diffhmc.core.runs import Log
 from diffhmc.data.dataset import load_dataset
 from diffhmc.plots.stats import compare_statistics_figure, maps_grid_figure
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
 from diffhmc.stats.spectra import pixel_pdf, power_spectrum
-
-Log = Callable[[str], None]
 
 
 def load_maps(
@@ -142,40 +140,6 @@ def simulate_to_folder(
         f"of {maps.shape[-1]}^2 in {wall:.1f} s -> {out}"
     )
     return maps
-
-
-def simulator_demo(
-    out: Path, seed: int = 2024, config: SimConfig | None = None, log: Log = print
-) -> dict:
-    """The main job until inference exists: simulate two cosmologies that differ in
-    sigma_8 and two that differ in Omega_m (same seed, so the same initial phases), and
-    compare their maps and statistics with plots."""
-    config = config or SimConfig()
-    cases = {"fiducial": (0.3, 0.8), "high_sigma8": (0.3, 1.0), "high_omega_m": (0.45, 0.8)}
-    maps = {}
-    for name, (om, s8) in cases.items():
-        sub = out / name
-        sub.mkdir(parents=True, exist_ok=True)
-        maps[name] = simulate_to_folder(om, s8, seed, config, sub, log).astype(np.float64)
-    results = {}
-    for name in ("high_sigma8", "high_omega_m"):
-        log(f"comparing fiducial (0.3, 0.8) with {name} {cases[name]}:")
-        sub = out / f"compare_{name}"
-        sub.mkdir(parents=True, exist_ok=True)
-        results[name] = compare_statistics(
-            maps["fiducial"], maps[name], sub, ("fiducial", name), config.box_size, log
-        )
-    save_json(
-        out / "demo.json",
-        {
-            "seed": seed,
-            "cases": cases,
-            "sim_config": config.to_dict(),
-            "package_version": __version__,
-        },
-    )
-    log(f"done: maps, statistics and plots in {out}")
-    return results
 
 
 def emulate(
