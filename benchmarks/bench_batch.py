@@ -5,7 +5,7 @@ data/pm64 and fast inference settings.
     nice -n 5 python benchmarks/bench_batch.py     # writes benchmarks/results/batch_cpu.json
 
 Each configuration gets a fresh ``LocalCluster`` (processes, one thread each) and runs the
-same ``--n`` maps through :func:`diffhmc.workflows.infer.infer_dataset` (the code path of
+same ``--n`` maps through :func:`diffhmc.workflows.batch_infer.infer_dataset` (the code path of
 ``diffhmc infer --dataset``; the cluster is passed as a scheduler address so that worker
 memory can be read before it closes). ``batch_s`` runs from submission to the table,
 including each worker's model load; ``startup_s`` is the cluster start. The machine is

@@ -1,9 +1,9 @@
 """Calibration of Diffusion-HMC posteriors on simulated test maps (shipped model).
 
 For N test simulations (one seeded map each, :func:`diffhmc.data.selection.pick_maps`) this
-runs :func:`diffhmc.workflows.infer.infer_dataset` (what ``diffhmc infer --dataset`` runs:
+runs :func:`diffhmc.workflows.batch_infer.infer_dataset` (what ``diffhmc infer --dataset`` runs:
 one folder per map, resumable, on Dask workers with ``--workers``), and then reports from
-the run folder (:func:`diffhmc.workflows.infer.load_batch_run`):
+the run folder (:func:`diffhmc.workflows.batch_infer.load_batch_run`):
 
 - coverage of the 68% and 95% equal-tailed intervals per parameter (target: within 5
   points of nominal), mean |z| and RMSE of the posterior means;

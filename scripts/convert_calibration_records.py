@@ -3,7 +3,7 @@
 ``evaluations/calibration.py`` used to keep one ``maps/map_{sim:04d}.json`` per map (the
 summary, the truth, the chain draws thinned to about 400, for an importance-weighted
 posterior sometimes its weighted draws, and the seconds). The drivers now read run folders
-of ``diffhmc infer --dataset`` (:func:`diffhmc.workflows.infer.load_batch_run`); this writes,
+of ``diffhmc infer --dataset`` (:func:`diffhmc.workflows.batch_infer.load_batch_run`); this writes,
 per record, the folder ``sim{sim:04d}_map{row:06d}/`` with
 
 - ``summary.json``: the record's summary plus ``row``, ``sim``, ``seconds`` (as

@@ -147,7 +147,7 @@ def run_robustness(
 
     ``model``: a :class:`diffhmc.emulator.checkpoint.LoadedModel` (needed for ``dhmc`` methods);
     ``baselines``: ``{"cnn": ..., "npe": ...}`` predictors for the baseline methods;
-    ``infer_cfg``: the :class:`diffhmc.inference.posterior.InferenceConfig` of every posterior (its
+    ``infer_cfg``: the :class:`diffhmc.inference.config.InferenceConfig` of every posterior (its
     ``noise_std`` is set per method and level).
     """
     from tqdm import tqdm
