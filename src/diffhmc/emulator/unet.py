@@ -152,16 +152,24 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
-class LinearAttention(nn.Module):
+class _AttentionBase(nn.Module):
+    """Shared by both attention kinds: pre-norm and the 1x1 q, k, v projection of ``heads``
+    heads of ``dim_head`` channels (the output projection is the subclass's)."""
+
+    def __init__(self, channels: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head**-0.5
+        self.hidden = heads * dim_head
+        self.norm = nn.GroupNorm(1, channels)
+        self.to_qkv = nn.Conv2d(channels, 3 * self.hidden, 1, bias=False)
+
+
+class LinearAttention(_AttentionBase):
     """Residual linear attention, O(HW): softmax over features for q, over positions for k."""
 
     def __init__(self, channels: int, heads: int = ATTN_HEADS, dim_head: int = ATTN_DIM_HEAD):
-        super().__init__()
-        self.heads, self.scale = heads, dim_head**-0.5
-        hidden = heads * dim_head
-        self.norm = nn.GroupNorm(1, channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * hidden, 1, bias=False)
-        self.to_out = nn.Sequential(nn.Conv2d(hidden, channels, 1), nn.GroupNorm(1, channels))
+        super().__init__(channels, heads, dim_head)
+        self.to_out = nn.Sequential(nn.Conv2d(self.hidden, channels, 1), nn.GroupNorm(1, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -173,16 +181,12 @@ class LinearAttention(nn.Module):
         return x + self.to_out(out)
 
 
-class Attention(nn.Module):
+class Attention(_AttentionBase):
     """Residual multi-head softmax self-attention over all positions."""
 
     def __init__(self, channels: int, heads: int = ATTN_HEADS, dim_head: int = ATTN_DIM_HEAD):
-        super().__init__()
-        self.heads, self.scale = heads, dim_head**-0.5
-        hidden = heads * dim_head
-        self.norm = nn.GroupNorm(1, channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * hidden, 1, bias=False)
-        self.to_out = nn.Conv2d(hidden, channels, 1)
+        super().__init__(channels, heads, dim_head)
+        self.to_out = nn.Conv2d(self.hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
