@@ -199,7 +199,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
 
 
-def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_infer_files_and_dataset_resume(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from diffhmc.cli.main import main
 
     ds, ckpt = tiny_model
@@ -242,7 +244,10 @@ def test_cli_infer_files_and_dataset_resume(tiny_model: tuple[Path, Path], tmp_p
     assert done.stat().st_mtime_ns == stamp
     # resuming with other settings would mix posteriors in one table: refused
     other = ["--temperature", "2.0", "--separate-chains"]
+    capsys.readouterr()
     assert main([*dargs, *TINY_INFER, *other, "--out", str(dout)]) == 2
+    err = capsys.readouterr().err
+    assert "(temperature: recorded 1.5, now 2.0)" in err
     assert done.stat().st_mtime_ns == stamp
 
 

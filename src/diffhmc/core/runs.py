@@ -30,21 +30,29 @@ def settings_diff(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[s
 
 
 def check_same_settings(
-    recorded: Mapping[str, Any], now: Mapping[str, Any], where: str, what: str, hint: str
+    recorded: Mapping[str, Any],
+    now: Mapping[str, Any],
+    where: str,
+    what: str,
+    hint: str,
+    differing: str = "other settings",
 ) -> None:
-    """Raise :class:`DiffHMCError` ``"{where} holds {what} with different settings (diffs);
-    {hint}"`` unless ``recorded == now`` (both JSON-normalised)."""
+    """Raise :class:`DiffHMCError` ``"{where} holds {what} with {differing} (diffs); {hint}"``
+    unless ``recorded == now`` (both JSON-normalised); ``diffs`` names every key that
+    differs with both values."""
     old, new = json_normalise(dict(recorded)), json_normalise(dict(now))
     if old != new:
-        raise DiffHMCError(
-            f"{where} holds {what} with different settings ({'; '.join(settings_diff(old, new))})"
-            f"; {hint}"
-        )
+        diffs = "; ".join(settings_diff(old, new))
+        raise DiffHMCError(f"{where} holds {what} with {differing} ({diffs}); {hint}")
 
 
 def record_or_check(
-    path: str | os.PathLike[str], settings: Mapping[str, Any], what: str, hint: str,
+    path: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    what: str,
+    hint: str,
     where: str | os.PathLike[str] | None = None,
+    differing: str = "other settings",
 ) -> dict[str, Any]:
     """First run: write ``settings`` to the JSON file ``path`` (atomically). Resumed run:
     check they equal the recorded ones (:func:`check_same_settings`). Returns the settings
@@ -52,7 +60,8 @@ def record_or_check(
     p = Path(path)
     now = json_normalise(dict(settings))
     if p.is_file():
-        check_same_settings(load_json(p, what), now, str(where or p.parent), what, hint)
+        recorded = load_json(p, what)
+        check_same_settings(recorded, now, str(where or p.parent), what, hint, differing)
     else:
         save_json(p, now)
     return now

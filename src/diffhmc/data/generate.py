@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 from diffhmc.core.errors import DiffHMCError, check_count
-from diffhmc.core.fileio import json_normalise, load_json, save_json, save_npz
+from diffhmc.core.fileio import json_normalise, save_npz
 from diffhmc.core.prior import ParamSpace
+from diffhmc.core.runs import record_or_check
 from diffhmc.data.dataset import Dataset
 from diffhmc.data.normalization import scan_maps
 from diffhmc.data.splits import DEFAULT_FRACTIONS, check_fractions, expand_per_sim
@@ -52,19 +53,14 @@ def _callable_name(fn: Callable[..., Any]) -> str:
 
 def _record_plan(shards: Path, plan: dict[str, Any], target: Path) -> None:
     """Save ``plan`` in ``shards/plan.json``, or check it equals the one recorded there."""
-    plan_path = shards / "plan.json"
-    if plan_path.is_file():
-        old = load_json(plan_path, "generation plan")
-        if old != plan:
-            keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            diffs = "; ".join(f"{k}: recorded {old.get(k)!r}, now {plan.get(k)!r}" for k in keys)
-            raise DiffHMCError(
-                f"{target} holds an interrupted generation with different arguments "
-                f"({diffs}); rerun with the recorded arguments or use another directory"
-            )
-    else:
-        shards.mkdir(parents=True, exist_ok=True)
-        save_json(plan_path, plan)
+    record_or_check(
+        shards / "plan.json",
+        plan,
+        "an interrupted generation",
+        "rerun with the recorded arguments or use another directory",
+        where=target,
+        differing="different arguments",
+    )
     for stale in shards.glob(".*.tmp"):  # left by a killed atomic write
         stale.unlink(missing_ok=True)
 

@@ -24,8 +24,8 @@ import numpy as np
 from diffhmc.batch.cluster import DONE_FILE, ERROR_FILE, Job, run_jobs
 from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.core.fileio import atomic_path, save_json
-from diffhmc.core.runs import Log
+from diffhmc.core.fileio import atomic_path, load_json, save_json
+from diffhmc.core.runs import Log, check_same_settings, finished
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.recalibration import (
     Recalibration,
@@ -67,19 +67,23 @@ def _save_table(out: Path, table: list[dict[str, Any]]) -> None:
 def _check_resume(out: Path, cfg: InferenceConfig, recal: Recalibration | None) -> None:
     """Refuse to resume a batch folder whose finished posteriors used other settings or
     another recalibration: the table would mix them."""
-    from diffhmc.core.fileio import json_normalise, load_json
-
-    want = json_normalise(cfg.to_dict())
     factors = None if recal is None else list(recal.factors)
-    for done in sorted(out.glob(f"*/{DONE_FILE}")):
-        sm = load_json(done, "posterior summary")
+    want = {**cfg.to_dict(), "recalibration": factors}
+    for folder in finished(out, DONE_FILE):
+        sm = load_json(folder / DONE_FILE, "posterior summary")
         got = sm.get("recalibration", {}).get("factors")
-        got = None if got is None else list(got.values())
-        if sm.get("settings") != want or got != factors:
-            raise DiffHMCError(
-                f"{out} holds posteriors made with other settings or recalibration "
-                f"({done.parent.name}); resume with the same options or use a new --out"
-            )
+        recorded = {
+            **(sm.get("settings") or {}),
+            "recalibration": None if got is None else list(got.values()),
+        }
+        check_same_settings(
+            recorded,
+            want,
+            str(out),
+            f"posteriors ({folder.name}) made",
+            "resume with the same options or use a new --out",
+            differing="other settings or recalibration",
+        )
 
 
 def infer_dataset(
@@ -187,7 +191,7 @@ def load_batch_run(run: Path, names: Sequence[str]) -> list[dict[str, Any]]:
 
     if not Path(run).is_dir():
         raise DiffHMCError(f"run folder not found: {run}")
-    folders = sorted(f.parent for f in Path(run).glob(f"*/{DONE_FILE}"))
+    folders = finished(run, DONE_FILE)
     if not folders:
         raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")
     out = []

@@ -43,7 +43,7 @@ import numpy as np
 from diffhmc import __version__
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import load_json, save_json
-from diffhmc.core.runs import Log
+from diffhmc.core.runs import Log, check_same_settings
 from diffhmc.data.noise import add_log_noise
 from diffhmc.data.selection import pick_maps
 from diffhmc.workflows.robustness_report import (
@@ -96,11 +96,13 @@ def _check_resume(out: Path, settings: dict[str, Any], sources: dict[str, str]) 
     if not path.exists():
         return dict(sources)
     saved = load_json(path, "robustness config")
-    if saved.get("settings") != settings:
-        raise DiffHMCError(
-            f"{out} holds a robustness run with other settings ({path}); "
-            "use a new --out folder or the same settings to resume"
-        )
+    check_same_settings(
+        saved.get("settings", {}),
+        settings,
+        str(out),
+        "a robustness run",
+        "use a new --out folder or the same settings to resume",
+    )
     old = dict(saved.get("sources", {}))
     for m, src in sources.items():
         if m in old and old[m] != src:
