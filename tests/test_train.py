@@ -39,6 +39,19 @@ def test_resume_continues_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]  # no duplicated steps
 
 
+def test_resume_with_another_architecture_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_dataset, max_steps=2)
+    train(cfg, tmp_path / "r", progress=False)
+    wider = replace(
+        cfg, max_steps=4, model=replace(cfg.model, base_channels=2 * cfg.model.base_channels)
+    )
+    with pytest.raises(DiffHMCError) as e:
+        train(wider, tmp_path / "r", resume=True, progress=False)
+    n = cfg.model.base_channels
+    assert f"(model.base_channels: recorded {n}, now {2 * n})" in str(e.value)
+    assert read_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 2
+
+
 def test_checkpoint_is_self_describing(tiny_dataset: Path, tmp_path: Path) -> None:
     train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "r", progress=False)
     ck = tmp_path / "r" / "checkpoints" / "last.pt"
@@ -67,7 +80,7 @@ def test_bad_checkpoints(tiny_dataset: Path, tmp_path: Path) -> None:
     torch.save(state, tmp_path / "mismatch.pt")
     with pytest.raises(DiffHMCError, match="do not match the model config"):
         load_model(tmp_path / "mismatch.pt")
-    with pytest.raises(DiffHMCError, match="differs"):
+    with pytest.raises(DiffHMCError, match="another model or schedule config"):
         train(
             tiny_config(
                 tiny_dataset,

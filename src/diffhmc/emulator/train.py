@@ -25,6 +25,7 @@ import copy
 import csv
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from diffhmc import __version__
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import save_json
+from diffhmc.core.runs import check_same_settings
 from diffhmc.data.augment import dihedral
 from diffhmc.data.dataset import Dataset, load_dataset
 from diffhmc.data.inputs import map_tensor, param_tensor
@@ -179,6 +181,14 @@ def _checkpoint_state(
     }
 
 
+def _architecture(cfg: TrainConfig) -> dict[str, Any]:
+    """``model.*`` and ``schedule.*`` settings, flat: what a resumed run may not change."""
+    return {
+        **{f"model.{k}": v for k, v in asdict(cfg.model).items()},
+        **{f"schedule.{k}": v for k, v in asdict(cfg.schedule).items()},
+    }
+
+
 def train(
     cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -218,11 +228,14 @@ def train(
     if resume:
         ckpt = read_checkpoint(ckpt_path)
         saved = TrainConfig.from_dict(ckpt["train_config"])
-        if saved.model != cfg.model or saved.schedule != cfg.schedule:
-            raise DiffHMCError(
-                f"cannot resume {run_dir}: the model or schedule config differs "
-                "from the checkpoint's"
-            )
+        check_same_settings(
+            _architecture(saved),
+            _architecture(cfg),
+            f"cannot resume {run_dir}: it",
+            "a checkpoint",
+            "only training settings (steps, learning rate, time limit, ...) may change",
+            differing="another model or schedule config",
+        )
         net.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         step = int(ckpt["step"])
