@@ -30,6 +30,7 @@ from diffhmc.baselines.api import FORMAT, FORMAT_VERSION, KINDS, BaselineConfig,
 from diffhmc.core.config import config_values
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import atomic_path, load_json, save_json
+from diffhmc.core.runs import check_same_settings
 from diffhmc.data.dataset import Dataset, load_dataset
 from diffhmc.data.inputs import map_tensor, param_tensor
 
@@ -174,13 +175,17 @@ def train_baseline(
     description = _data_description(ds)
     if resume:
         saved = load_json(run / "config.json", "baseline run config")
-        if saved.get("kind") != kind or saved.get("seed") != seed:
-            raise DiffHMCError(
-                f"cannot resume {run}: it is a {saved.get('kind')} run with seed "
-                f"{saved.get('seed')}, not {kind} with seed {seed}"
-            )
-        if saved.get("training_data", {}).get("n_maps") != description["n_maps"]:
-            raise DiffHMCError(f"cannot resume {run}: it was trained on another dataset")
+        check_same_settings(
+            {
+                "kind": saved.get("kind"),
+                "seed": saved.get("seed"),
+                "dataset maps": saved.get("training_data", {}).get("n_maps"),
+            },
+            {"kind": kind, "seed": seed, "dataset maps": description["n_maps"]},
+            f"cannot resume {run}: it",
+            "a baseline run",
+            "use a new --out folder",
+        )
     elif run.exists() and any(run.iterdir()):
         raise DiffHMCError(f"output folder {run} already exists and is not empty (resume it?)")
     run.mkdir(parents=True, exist_ok=True)
