@@ -276,8 +276,8 @@ def test_gravity_uniform_lattice_has_no_force(path: str) -> None:
 
 def test_green_function_values() -> None:
     n = 8
-    g0 = pm._green(n, CPU, F64, 0)
-    g2 = pm._green(n, CPU, F64, 2)
+    g0 = pm.green_function(n, CPU, F64, 0)
+    g2 = pm.green_function(n, CPU, F64, 2)
     assert g0.shape == (n, n, n // 2 + 1)
     assert float(g0[0, 0, 0]) == 0.0 and float(g2[0, 0, 0]) == 0.0
     k = 2 * math.pi / n

@@ -113,7 +113,8 @@ class Cosmology:
         c0 = 14.2 + 731.0 / (1.0 + 62.5 * q)
         return l0 / (l0 + c0 * q**2)
 
-    def _pk_shape(self, k: np.ndarray) -> np.ndarray:
+    def pk_shape(self, k: np.ndarray) -> np.ndarray:
+        """Unnormalised linear ``P(k) / A = k^n_s T(k)^2`` (Eisenstein-Hu no-wiggle ``T``)."""
         return np.asarray(k) ** self.n_s * self.transfer_eh_nowiggle(k) ** 2
 
     def sigma_r(self, r: float, amplitude: float = 1.0) -> float:
@@ -123,7 +124,7 @@ class Cosmology:
         k = np.exp(lnk)
         x = k * r
         w = 3.0 * (np.sin(x) - x * np.cos(x)) / x**3
-        integrand = k**3 * amplitude * self._pk_shape(k) * w**2 / (2.0 * np.pi**2)
+        integrand = k**3 * amplitude * self.pk_shape(k) * w**2 / (2.0 * np.pi**2)
         return float(np.sqrt(integrate.simpson(integrand, x=lnk)))
 
     def linear_power(self, k: np.ndarray, a: float = 1.0) -> np.ndarray:
@@ -132,7 +133,7 @@ class Cosmology:
         k = np.asarray(k, dtype=np.float64)
         pk = np.zeros_like(k)
         pos = k > 0
-        pk[pos] = amp * self._pk_shape(k[pos])
+        pk[pos] = amp * self.pk_shape(k[pos])
         if a != 1.0:
             pk *= float(self.growth(a)[0][0]) ** 2
         return pk

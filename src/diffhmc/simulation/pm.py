@@ -108,7 +108,9 @@ def cic_readout(grid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _green(n: int, device: torch.device, dtype: torch.dtype, compensate: int) -> torch.Tensor:
+def green_function(
+    n: int, device: torch.device, dtype: torch.dtype, compensate: int
+) -> torch.Tensor:
     """``-1 / (k^2 W(k)^c)`` on the rfftn grid (cell units), zero at k = 0, so that
     ``phi_k = G_k delta_k``; ``W = prod_i sinc^2(k_i / 2)`` is the CIC window and ``c``
     (``compensate``) the number of CIC passes (paint, readout) it undoes."""
@@ -157,7 +159,7 @@ def gravity(
     rho = cic_paint(pos, n_mesh)
     delta_k = torch.fft.rfftn(rho / mean_per_cell - 1.0)
     phi = torch.fft.irfftn(
-        delta_k * _green(n_mesh, pos.device, pos.dtype, compensate), s=(n_mesh,) * 3
+        delta_k * green_function(n_mesh, pos.device, pos.dtype, compensate), s=(n_mesh,) * 3
     )
     return -cic_readout(fd_gradient(phi), pos)
 
