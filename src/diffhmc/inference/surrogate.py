@@ -57,7 +57,11 @@ class QuadraticGPSurrogate:
             near[torch.argsort(yt, descending=True)[: min(n, n_feat + p)]] = True
         if int(near.sum()) < n_feat:
             raise DiffHMCError(f"need at least {n_feat} design points, got {int(near.sum())}")
-        coef = torch.linalg.lstsq(quadratic_features(zt[near]), yt[near].unsqueeze(1)).solution
+        # gelsd (SVD): torch's default CPU driver gelsy gives last-bit differences that depend on
+        # memory alignment, which NUTS then amplifies: the same map would not give the same
+        # posterior twice
+        feats, target = quadratic_features(zt[near]), yt[near].unsqueeze(1)
+        coef = torch.linalg.lstsq(feats, target, driver="gelsd").solution
         self.coef = coef.squeeze(1)
         # y ~ c + g.z + 0.5 z^T H z; A = -H with its eigenvalues floored (a maximum must
         # exist); mode m = A^-1 g; q(z) = c' - 0.5 (z - m)^T A (z - m)
