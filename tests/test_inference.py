@@ -19,7 +19,7 @@ from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.diagnostics import summarize_draws
-from diffhmc.inference.map_likelihood import prepare_map
+from diffhmc.inference.map_likelihood import MapLikelihood, map_noise_seed, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts
 from diffhmc.inference.posterior import infer_map
 from diffhmc.inference.surrogate import QuadraticGPSurrogate
@@ -413,3 +413,33 @@ def test_same_map_gives_the_same_posterior_twice(tiny_model: tuple[Path, Path]) 
     a, b = infer_map(model, density, cfg), infer_map(model, density, cfg)
     assert np.array_equal(a.theta, b.theta)
     assert a.summary["parameters"] == b.summary["parameters"]
+    assert a.summary["noise_seed_used"] == map_noise_seed(prepare_map(density, model))
+
+
+def test_each_map_gets_its_own_noise_seed_unless_one_is_fixed(
+    tiny_model: tuple[Path, Path],
+) -> None:
+    ds, ckpt = tiny_model
+    model = load_model(ckpt)
+    maps = np.load(ds / "maps.npy")[:2]
+    x0 = [prepare_map(m, model) for m in maps]
+    per_map = [MapLikelihood(model, x, InferenceConfig(n_timesteps=2)) for x in x0]
+    seeds = [like.noise_seed for like in per_map]
+    assert seeds[0] != seeds[1] and all(0 <= s < 2**31 for s in seeds)
+    assert (
+        seeds[0]
+        == map_noise_seed(x0[0])
+        == MapLikelihood(model, x0[0], InferenceConfig()).noise_seed
+    )
+    # a different seed is a different noise draw: log L differs at the same theta
+    theta = torch.tensor([[0.3, 0.8]], dtype=torch.float64)
+    fixed = [
+        MapLikelihood(model, x0[0], InferenceConfig(n_timesteps=2, noise_seed=s))
+        for s in (seeds[0], 7)
+    ]
+    assert fixed[0].noise_seed == seeds[0] and fixed[1].noise_seed == 7
+    assert torch.equal(fixed[0](theta), per_map[0](theta))
+    assert not torch.equal(fixed[1](theta), per_map[0](theta))
+    for bad in (-1, 1.5, True, "0"):
+        with pytest.raises(DiffHMCError, match="noise_seed"):
+            InferenceConfig(noise_seed=bad)  # type: ignore[arg-type]

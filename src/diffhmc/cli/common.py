@@ -93,7 +93,13 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "importance-sampled timesteps",
     )
     g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
-    g.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise draws")
+    g.add_argument(
+        "--noise-seed",
+        type=int,
+        default=None,
+        help="seed of the bound's fixed noise draws (default: derived from each map, so maps "
+        "never share the estimator's noise; an integer fixes it for every map)",
+    )
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
     g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
     g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")

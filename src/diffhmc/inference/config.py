@@ -41,7 +41,12 @@ class InferenceConfig:
     (all ``T`` terms) from this many importance-sampled timesteps (seeded by
     ``noise_seed``; :func:`diffhmc.inference.timesteps.importance_timesteps`)."""
     n_draws: int = 1
-    noise_seed: int = 0
+    noise_seed: int | None = None
+    """Seed of the bound's fixed noise draws (common random numbers) and of the full bound's
+    timesteps. ``None`` (default): derived from the map itself
+    (:func:`diffhmc.inference.map_likelihood.map_noise_seed`), so no two maps share the
+    estimator's noise while the same map always gets the same posterior; the seed used is
+    in the summary (``noise_seed_used``). An integer fixes it for every map."""
     nuts: NUTSConfig = field(default_factory=NUTSConfig)
     n_correction: int = 24
     """Surrogate method: distinct draws at which the exact bound checks the surrogate."""
@@ -89,6 +94,13 @@ class InferenceConfig:
             or self.grid_check < 3
         ):
             raise DiffHMCError(f"grid_check must be 0 (off) or >= 3, got {self.grid_check!r}")
+        ns_seed = self.noise_seed
+        if ns_seed is not None and (
+            isinstance(ns_seed, bool) or not isinstance(ns_seed, int) or ns_seed < 0
+        ):
+            raise DiffHMCError(
+                f"noise_seed must be an integer >= 0 or None (per map), got {ns_seed!r}"
+            )
         if self.max_refits < 0 or self.locate_rounds < 1:
             raise DiffHMCError("max_refits must be >= 0 and locate_rounds >= 1")
         tt = self.temperature

@@ -7,6 +7,7 @@ normalised ``log10`` map ``(1, H, W)``; ``theta`` is ``(B, P)`` in physical unit
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +52,14 @@ def prepare_map(density: np.ndarray, model: LoadedModel) -> torch.Tensor:
     return torch.from_numpy(x).float().unsqueeze(0)
 
 
+def map_noise_seed(x0: torch.Tensor) -> int:
+    """A seed in ``[0, 2^31)`` derived from a prepared map ``x0 (1, 1, H, W)``: the first 8
+    bytes of the SHA-256 of its float32 values. Two different maps get different seeds
+    (collisions have probability ~``2^-31`` per pair), the same map always the same one."""
+    data = x0.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") % (2**31)
+
+
 class MapLikelihood:
     """``log L(theta)`` of one map under ``model``, ``theta (B, P)`` physical -> ``(B,)``.
 
@@ -78,6 +87,8 @@ class MapLikelihood:
             self.space.high - self.space.low, dtype=torch.float32, device=dev
         )
         self.rows = 0
+        self.noise_seed = map_noise_seed(x0) if cfg.noise_seed is None else cfg.noise_seed
+        """The seed of this map's bound noise (``cfg.noise_seed``, or derived from ``x0``)."""
 
         def network_eps(x_t: torch.Tensor, t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
             self.rows += x_t.shape[0]
@@ -95,15 +106,15 @@ class MapLikelihood:
                 normalized_noise_std(cfg.noise_std, model.normalization),
                 offsets=timesteps,
                 full_bound=cfg.full_bound,
-                full_bound_seed=cfg.noise_seed + 1,
+                full_bound_seed=self.noise_seed + 1,
                 n_draws=cfg.n_draws,
-                seed=cfg.noise_seed,
+                seed=self.noise_seed,
                 max_batch=cfg.max_batch,
             )
             return
         weights: torch.Tensor | tuple[float, ...] | None = cfg.bound_weights
         if cfg.full_bound:
-            gen = torch.Generator().manual_seed(cfg.noise_seed + 1)
+            gen = torch.Generator().manual_seed(self.noise_seed + 1)
             timesteps, weights = importance_timesteps(model.schedule, cfg.full_bound, gen)
         self.bound = BoundLikelihood(
             self.eps_model,
@@ -111,7 +122,7 @@ class MapLikelihood:
             x0.to(dev),
             timesteps=timesteps,
             n_draws=cfg.n_draws,
-            seed=cfg.noise_seed,
+            seed=self.noise_seed,
             weights=weights,
             max_batch=cfg.max_batch,
         )

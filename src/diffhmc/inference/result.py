@@ -99,6 +99,7 @@ def finish_posterior(
         timings["grid_s"] = time.perf_counter() - t3
     post.timings = {**timings, **post.timings, "total_s": time.perf_counter() - t0}
     post.summary["settings"] = cfg.to_dict()
+    post.summary["noise_seed_used"] = like.noise_seed
     post.summary["network_rows"] = {"locate": rows_locate, "total": rows}
     post.summary["timings"] = post.timings
     post.idata = inference_data(
