@@ -44,7 +44,13 @@ import numpy as np
 import torch
 
 from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.data.dataset import load_dataset
 from diffhmc.data.selection import held_out_fields
+from diffhmc.emulator.checkpoint import load_model
+from diffhmc.emulator.oracle import eps_mse_vs_oracle, oracle_model
+from diffhmc.emulator.train import split_tensors
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.grid import compare_moments, grid_moments, grid_points
 from diffhmc.simulation.design import latin_hypercube_unit
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
@@ -126,46 +132,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------- check
-class _ScaledFamily:
-    """The family seen through the model's normalisation ``x_n = a x + b`` (duck-typed for
-    :func:`diffhmc.emulator.oracle.oracle_gaussian_eps`)."""
-
-    def __init__(self, fam: GaussianFieldFamily, a: float, b: float) -> None:
-        self.fam, self.a, self.b, self.n_pix = fam, a, b, fam.n_pix
-
-    def _clip(self, theta: torch.Tensor) -> torch.Tensor:
-        lo = torch.as_tensor(self.fam.param_space.low, dtype=torch.float64)
-        hi = torch.as_tensor(self.fam.param_space.high, dtype=torch.float64)
-        return torch.minimum(torch.maximum(theta.to(torch.float64), lo), hi)
-
-    def power(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.a**2 * self.fam.power(self._clip(theta))
-
-    def mean(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.a * self.fam.mean(self._clip(theta)) + self.b
-
-
-class _OracleNet(torch.nn.Module):
-    """``(x_t, t, theta in [0, 1]) -> E[eps | x_t, theta]``, exact for the family."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        from diffhmc.emulator.oracle import oracle_gaussian_eps
-
-        norm = model.normalization
-        a = 2.0 / norm.span
-        b = -2.0 * norm.log10_min / norm.span - 1.0
-        self.space = model.space
-        self.eps = oracle_gaussian_eps(_ScaledFamily(family(), a, b), model.schedule)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))  # for the device lookup
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        lo = torch.as_tensor(self.space.low, dtype=torch.float64)
-        width = torch.as_tensor(self.space.high - self.space.low, dtype=torch.float64)
-        theta = lo + u.to(torch.float64) * width
-        return self.eps(x_t, t, theta).to(x_t.dtype)
-
-
 def parse_variant(name: str) -> tuple[bool, str, int]:
     """``[oracle-](k|is)<K>`` -> (oracle, kind, K)."""
     oracle = name.startswith("oracle-")
@@ -189,16 +155,10 @@ def variant_timesteps(
     return ts, tuple(float(v) for v in w)
 
 
-def _field_json(out: Path, variant: str, i: int) -> Path:
-    return out / "fields" / variant / f"field_{i:03d}.json"
-
-
 def cmd_check(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from diffhmc.core.errors import DiffHMCError
-    from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.diagnostics import summarize_draws
     from diffhmc.inference.mcmc import NUTSConfig
     from diffhmc.inference.posterior import infer_map
@@ -206,14 +166,11 @@ def cmd_check(args: argparse.Namespace) -> None:
     fam = family()
     names = list(fam.param_space.names)
     model = load_model(args.model)
-    theta, x = held_out_fields(family(), args.n, args.seed)
+    theta, x = held_out_fields(fam, args.n, args.seed)
     for variant in args.variant:
         oracle, kind, k = parse_variant(variant)
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
-        m = model
-        if oracle:
-            m = load_model(args.model)
-            m.net = _OracleNet(model)
+        m = oracle_model(args.model, fam) if oracle else model
         cfg = InferenceConfig(
             timesteps=tuple(ts),
             bound_weights=w,
@@ -221,7 +178,7 @@ def cmd_check(args: argparse.Namespace) -> None:
             nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
         )
         for i in range(args.start, args.n):
-            path = _field_json(args.out, variant, i)
+            path = args.out / "fields" / variant / f"field_{i:03d}.json"
             if path.exists():
                 continue
             t0 = time.perf_counter()
@@ -238,14 +195,17 @@ def cmd_check(args: argparse.Namespace) -> None:
                 post = infer_map(
                     m, np.power(10.0, x[i]), replace(cfg, locate_timesteps=4), truth=theta[i]
                 )
-            pars = post.summary["parameters"]
+            pars, summ = post.summary["parameters"], post.summary
             chains = summarize_draws(post.theta, names, post.diverging)["parameters"]
+            exact_std = cov.diagonal().sqrt().tolist()
+            dm, ds = ([pars[n][q] for n in names] for q in ("mean", "std"))
+            cmp = compare_moments(names, dm, ds, mean.tolist(), exact_std)
             rec: dict[str, Any] = {
                 "field": i,
                 "variant": variant,
                 "truth": theta[i].tolist(),
                 "exact_mean": mean.tolist(),
-                "exact_std": cov.diagonal().sqrt().tolist(),
+                "exact_std": exact_std,
                 "exact_corr": float(cov[0, 1] / (cov[0, 0] * cov[1, 1]).sqrt()),
                 "exact_seconds": t_exact,
                 "dhmc": {
@@ -258,23 +218,18 @@ def cmd_check(args: argparse.Namespace) -> None:
                     for n in names
                 },
                 "locate": located,
-                "posterior_from": post.summary.get("posterior_from"),
+                "posterior_from": summ.get("posterior_from"),
                 "exact_check": {
-                    kk: post.summary.get("exact_check", {}).get(kk)
+                    kk: summ.get("exact_check", {}).get(kk)
                     for kk in ("log_weight_std", "khat", "importance_ess", "refits")
                 },
-                "warnings": post.summary.get("warnings", []),
+                "warnings": summ.get("warnings", []),
                 "timings": post.timings,
-                "network_rows": post.summary.get("network_rows"),
+                "network_rows": summ.get("network_rows"),
                 "timesteps": ts,
                 "weights": None if w is None else list(w),
-            }
-            rec["shift"] = {
-                n: (pars[n]["mean"] - rec["exact_mean"][j]) / rec["exact_std"][j]
-                for j, n in enumerate(names)
-            }
-            rec["std_ratio"] = {
-                n: pars[n]["std"] / rec["exact_std"][j] for j, n in enumerate(names)
+                "shift": {n: c["mean_shift_in_std"] for n, c in cmp.items()},
+                "std_ratio": {n: c["std_ratio"] for n, c in cmp.items()},
             }
             save_json(path, rec)
             print(
@@ -290,8 +245,6 @@ def cmd_check(args: argparse.Namespace) -> None:
 def _grid_moments(lp: np.ndarray, om: np.ndarray, s8: np.ndarray) -> tuple[list, list]:
     """Mean and std of a log density on an ``om x s8`` grid, trapezoid weights (half at the
     axes' ends) folded into :func:`diffhmc.inference.grid.grid_moments`."""
-    from diffhmc.inference.grid import grid_moments
-
     w0, w1 = np.zeros_like(om), np.zeros_like(s8)
     w0[[0, -1]] = w1[[0, -1]] = np.log(0.5)
     mean, cov, _ = grid_moments([om, s8], lp + w0[:, None] + w1[None, :], family().param_space)
@@ -301,26 +254,20 @@ def _grid_moments(lp: np.ndarray, om: np.ndarray, s8: np.ndarray) -> tuple[list,
 def cmd_bound_gap(args: argparse.Namespace) -> None:
     """The bound's own gap: posterior moments on a dense grid under the *oracle* bound (exact
     eps-prediction, no network, no sampler) vs the exact likelihood, per variant."""
-    from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 
     fam = family()
     names = list(fam.param_space.names)
     model = load_model(args.model)
-    oracle = load_model(args.model)
-    if not args.network:
-        oracle.net = _OracleNet(model)
-    theta, x = held_out_fields(family(), args.n, args.seed)
+    like_model = load_model(args.model) if args.network else oracle_model(args.model, fam)
+    theta, x = held_out_fields(fam, args.n, args.seed)
     fields = args.fields or list(range(args.n))
     lo, hi = fam.param_space.low, fam.param_space.high
     om = np.linspace(lo[0], hi[0], args.grid)
     s8 = np.linspace(lo[1], hi[1], args.grid)
-    grid = torch.tensor(np.stack(np.meshgrid(om, s8, indexing="ij"), -1).reshape(-1, 2))
+    grid = torch.tensor(grid_points([om, s8]))
+    exact = {i: _grid_moments(fam.log_posterior_grid(x[i], om, s8).numpy(), om, s8) for i in fields}
     out: dict[str, Any] = {"grid": args.grid, "n_fields": args.n, "variants": {}}
-    exact = {}
-    for i in fields:
-        exact[i] = _grid_moments(fam.log_posterior_grid(x[i], om, s8).numpy(), om, s8)
     out["likelihood"] = "network" if args.network else "oracle"
     out["fields"] = fields
     for variant in args.variant:
@@ -329,11 +276,10 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
         cfg = InferenceConfig(timesteps=tuple(ts), bound_weights=w, max_batch=4096)
         recs = []
         for i in fields:
-            x0 = prepare_map(np.power(10.0, x[i]), oracle)
-            like = MapLikelihood(oracle, x0, cfg)
+            like = MapLikelihood(like_model, prepare_map(np.power(10.0, x[i]), like_model), cfg)
             lp = like.batched(grid).numpy().reshape(args.grid, args.grid)
-            mu, sd = _grid_moments(lp, om, s8)
-            em, es = exact[i]
+            (mu, sd), (em, es) = _grid_moments(lp, om, s8), exact[i]
+            cmp = compare_moments(names, mu, sd, em, es)
             recs.append(
                 {
                     "field": i,
@@ -341,8 +287,8 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
                     "grid_std": sd,
                     "exact_grid_mean": em,
                     "exact_grid_std": es,
-                    "shift": {n: (mu[j] - em[j]) / es[j] for j, n in enumerate(names)},
-                    "std_ratio": {n: sd[j] / es[j] for j, n in enumerate(names)},
+                    "shift": {n: c["mean_shift_in_std"] for n, c in cmp.items()},
+                    "std_ratio": {n: c["std_ratio"] for n, c in cmp.items()},
                 }
             )
         agg = {
@@ -361,29 +307,8 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
 def val_loss_vs_oracle(model_path: Path, n_maps: int = 512, reps: int = 4) -> dict[str, Any]:
     """Validation eps-MSE of the network and of the exact (Bayes-optimal) eps-prediction on
     the same seeded (t, eps) draws: the oracle's value is the floor of the training loss."""
-    from diffhmc.data.dataset import load_dataset
-    from diffhmc.emulator.checkpoint import load_model
-    from diffhmc.emulator.train import split_tensors
-
-    model = load_model(model_path)
-    x, th = split_tensors(load_dataset(DATA), "val", n_maps)
-    orc = _OracleNet(model)
-    gen = torch.Generator().manual_seed(0)
-    net_l, orc_l = [], []
-    with torch.no_grad():
-        for _ in range(reps):
-            t = torch.randint(0, model.schedule.n_steps, (x.shape[0],), generator=gen)
-            eps = torch.randn(x.shape, generator=gen)
-            xt = model.schedule.q_sample(x, t, eps)
-            orc_l.append(float(((orc(xt, t, th) - eps) ** 2).mean()))
-            net_l.append(float(((model.net(xt, t, th) - eps) ** 2).mean()))
-    return {
-        "n_maps": int(x.shape[0]),
-        "draws_per_map": reps,
-        "network_eps_mse": float(np.mean(net_l)),
-        "oracle_eps_mse": float(np.mean(orc_l)),
-        "excess_fraction": float(np.mean(net_l) / np.mean(orc_l) - 1.0),
-    }
+    x, u = split_tensors(load_dataset(DATA), "val", n_maps)
+    return eps_mse_vs_oracle(load_model(model_path), family(), x, u, reps)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -429,9 +354,8 @@ def _aggregate(recs: list[dict[str, Any]], names: list[str], sub: bool = True) -
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from matplotlib.figure import Figure
-
     from diffhmc.core.machine import machine_info
+    from diffhmc.plots.inference import exact_comparison_figure
 
     names = list(family().param_space.names)
     variants: dict[str, Any] = {}
@@ -485,47 +409,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             break
     save_json(args.out / "report.json", report)
 
-    nv = len(variants)
-    fig = Figure(figsize=(16, 3.4 * nv), layout="constrained")
-    axs = fig.subplots(nv, 4, squeeze=False)
-    for row, (v, d) in enumerate(variants.items()):
-        recs, agg = d["fields"], d["aggregate"]
-        for j, n in enumerate(names):
-            ax = axs[row, j]
-            em = np.array([r["exact_mean"][j] for r in recs])
-            es = np.array([r["exact_std"][j] for r in recs])
-            dm = np.array([r["dhmc"][n]["mean"] for r in recs])
-            ds = np.array([r["dhmc"][n]["std"] for r in recs])
-            ax.errorbar(em, dm, xerr=es, yerr=ds, fmt="o", ms=3, lw=0.8, capsize=0)
-            lo, hi = min(em.min(), dm.min()), max(em.max(), dm.max())
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set_xlabel(f"exact posterior mean {n}")
-            ax.set_ylabel(f"DHMC mean {n}")
-            a = agg[n]
-            ax.set_title(
-                f"{v}: mean|shift| {a['mean_abs_shift']:.2f}, ratio {a['mean_std_ratio']:.2f}",
-                fontsize=9,
-            )
-        idx = np.array([r["field"] for r in recs])
-        bad = np.array([sampler_failed(r) for r in recs])
-        for col, key, ylab in ((2, "std_ratio", "std ratio DHMC / exact"), (3, "shift", "")):
-            ax = axs[row, col]
-            for n in names:
-                vals = np.array([r[key][n] for r in recs])
-                ax.plot(idx, vals, "o", ms=4, label=n)
-                if bad.any():
-                    ax.plot(idx[bad], vals[bad], "kx", ms=8)
-            if key == "std_ratio":
-                ax.axhspan(*TARGET_RATIO, color="g", alpha=0.1, label="target")
-                ax.axhline(1.0, color="k", lw=0.8)
-                ax.set_yscale("log")
-            else:
-                ax.axhspan(-TARGET_SHIFT, TARGET_SHIFT, color="g", alpha=0.1)
-                ax.axhline(0.0, color="k", lw=0.8)
-                ylab = "shift (DHMC - exact mean) / exact std"
-            ax.set_xlabel("held-out field (x: sampler failure)")
-            ax.set_ylabel(ylab)
-            ax.legend(fontsize=8)
+    rows = {v: _figure_arrays(d["fields"], d["aggregate"], names) for v, d in variants.items()}
+    fig = exact_comparison_figure(rows, names, TARGET_SHIFT, TARGET_RATIO)
     save_figure(args.out / "report.png", fig)
     for v, d in variants.items():
         a = d["aggregate"]
@@ -544,10 +429,30 @@ def cmd_report(args: argparse.Namespace) -> None:
         )
 
 
+def _figure_arrays(
+    recs: list[dict[str, Any]], agg: dict[str, Any], names: list[str]
+) -> dict[str, np.ndarray]:
+    """One variant's per-field records as the arrays of :func:`exact_comparison_figure`."""
+
+    def col(get: Any) -> np.ndarray:
+        return np.array([[get(r, j, n) for j, n in enumerate(names)] for r in recs])
+
+    return {
+        "field": np.array([r["field"] for r in recs]),
+        "failed": np.array([sampler_failed(r) for r in recs]),
+        "exact_mean": col(lambda r, j, n: r["exact_mean"][j]),
+        "exact_std": col(lambda r, j, n: r["exact_std"][j]),
+        "mean": col(lambda r, j, n: r["dhmc"][n]["mean"]),
+        "std": col(lambda r, j, n: r["dhmc"][n]["std"]),
+        "shift": col(lambda r, j, n: r["shift"][n]),
+        "std_ratio": col(lambda r, j, n: r["std_ratio"][n]),
+        "mean_abs_shift": np.array([agg[n]["mean_abs_shift"] for n in names]),
+        "mean_std_ratio": np.array([agg[n]["mean_std_ratio"] for n in names]),
+    }
+
+
 def _held_out_info(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the held-out theta relate to the training design (prior-normalised distance)."""
-    from diffhmc.data.dataset import load_dataset
-
     space = family().param_space
     info: dict[str, Any] = {"seeded_by": "held_out(n, seed): theta uniform, own noise stream"}
     if DATA.exists():

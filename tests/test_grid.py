@@ -8,7 +8,7 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.inference.grid import compare_to_grid, grid_axes, grid_posterior
+from diffhmc.inference.grid import compare_to_grid, grid_axes, grid_draws, grid_posterior
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts
 from diffhmc.inference.potential import Potential
 from diffhmc.inference.surrogate import QuadraticGPSurrogate
@@ -75,3 +75,32 @@ def test_unit_box_surrogate_is_proper_for_a_likelihood_rising_to_the_box_edge() 
     assert abs(draws[:, 0].mean() - expect) < 0.01
     assert abs(draws[:, 1].mean() - 0.5) < 0.06
     assert abs(draws[:, 1].std() - np.sqrt(1 / 12)) < 0.04
+
+
+def test_grid_draws_reproduce_a_known_gaussian_and_its_tails() -> None:
+    """Draws from a coarse (11-point) grid of a correlated Gaussian log-likelihood: the
+    cubic interpolation gives the right mean, std, correlation and 95% interval, not a
+    posterior clamped to the grid's points."""
+    space = ParamSpace.camels()
+    mean = np.array([0.31, 0.79])
+    std = np.array([0.01, 0.03])
+    rho = 0.6
+    cov = np.array([[std[0] ** 2, rho * std[0] * std[1]], [rho * std[0] * std[1], std[1] ** 2]])
+    prec = np.linalg.inv(cov)
+
+    def log_like(theta: torch.Tensor) -> torch.Tensor:
+        d = theta.numpy() - mean
+        return torch.from_numpy(-0.5 * np.einsum("ni,ij,nj->n", d, prec, d))
+
+    grid = grid_posterior(log_like, space, grid_axes(space, mean, 5 * std, 11))
+    draws = grid_draws(grid, 40_000, seed=1)
+    assert draws.shape == (40_000, 2)
+    assert np.all((draws >= space.low) & (draws <= space.high))
+    assert np.all(np.abs(draws.mean(0) - mean) < 0.05 * std)
+    np.testing.assert_allclose(draws.std(0), std, rtol=0.02)
+    assert abs(np.corrcoef(draws.T)[0, 1] - rho) < 0.02
+    lo, hi = np.quantile(draws[:, 0], [0.025, 0.975])
+    assert abs(lo - (mean[0] - 1.96 * std[0])) < 0.1 * std[0]
+    assert abs(hi - (mean[0] + 1.96 * std[0])) < 0.1 * std[0]
+    assert len(np.unique(draws[:, 0])) == len(draws)  # not the grid's points
+    np.testing.assert_array_equal(draws, grid_draws(grid, 40_000, seed=1))  # seeded

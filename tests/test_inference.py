@@ -443,3 +443,28 @@ def test_each_map_gets_its_own_noise_seed_unless_one_is_fixed(
     for bad in (-1, 1.5, True, "0"):
         with pytest.raises(DiffHMCError, match="noise_seed"):
             InferenceConfig(noise_seed=bad)  # type: ignore[arg-type]
+
+
+def test_a_surrogate_miss_gives_the_exact_grid_posterior(tiny_model: tuple[Path, Path]) -> None:
+    """Built to miss: no surrogate can match the bound to 1e-12 nats, so after its refits
+    the posterior must come from the exact bound on a grid, never from reweighting the
+    few checked draws."""
+    ds, ckpt = tiny_model
+    model = load_model(ckpt)
+    density = np.load(ds / "maps.npy")[3]
+    nuts = NUTSConfig(n_chains=2, n_warmup=40, n_samples=60, seed=1)
+    cfg = InferenceConfig(
+        n_timesteps=2, nuts=nuts, max_log_weight_std=1e-12, max_refits=0, exact_grid=7
+    )
+    post = infer_map(model, density, cfg)
+    s = post.summary
+    assert s["posterior_from"] == "exact_grid" and s["exact_check"]["log_weight_std"] > 1e-12
+    assert s["exact_grid"]["n_points"] == 49 and post.theta.shape == (2, 60, 2)
+    assert post.corrected_theta is None  # nothing reweighted
+    for name in ("Omega_m", "sigma_8"):
+        p, g = s["parameters"][name], s["exact_grid"]
+        assert abs(p["mean"] - g["mean"][name]) < 0.25 * g["std"][name]
+        assert 0.8 < p["std"] / g["std"][name] < 1.2
+    assert s["timings"]["exact_grid_s"] > 0
+    with pytest.raises(DiffHMCError, match="exact_grid"):
+        InferenceConfig(exact_grid=3)

@@ -53,6 +53,10 @@ class InferenceConfig:
     max_log_weight_std: float = 0.1
     """Surrogate accepted when ``std(log L - s)`` over those draws is at most this (nats)."""
     max_refits: int = 2
+    exact_grid: int = 13
+    """Surrogate method: when the surrogate still misses after ``max_refits``, the exact
+    bound on an ``exact_grid``-per-axis grid is the posterior (``exact_grid^P`` bound
+    evaluations; :func:`diffhmc.inference.surrogate_posterior.exact_grid_posterior`)."""
     coarse_grid: int = 5
     locate_rounds: int = 4
     locate_timesteps: int = 4
@@ -88,6 +92,10 @@ class InferenceConfig:
         check_int_fields(self, dict.fromkeys(names, 1), "inference setting")
         if self.coarse_grid < 3:
             raise DiffHMCError("coarse_grid must be >= 3")
+        if isinstance(self.exact_grid, bool) or not isinstance(self.exact_grid, int):
+            raise DiffHMCError(f"exact_grid must be an integer >= 5, got {self.exact_grid!r}")
+        if self.exact_grid < 5:
+            raise DiffHMCError(f"exact_grid must be >= 5, got {self.exact_grid}")
         if self.grid_check != 0 and (
             isinstance(self.grid_check, bool)
             or not isinstance(self.grid_check, int)

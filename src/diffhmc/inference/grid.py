@@ -39,6 +39,7 @@ __all__ = [
     "grid_check",
     "GRID_MAX_SHIFT",
     "GRID_STD_RATIO",
+    "grid_draws",
 ]
 
 
@@ -140,6 +141,34 @@ def grid_posterior(
         raise DiffHMCError("the log-likelihood is NaN or inf at some grid points")
     mean, cov, edge = grid_moments(axes, ll, space)
     return GridPosterior(list(space.names), [np.asarray(a) for a in axes], ll, mean, cov, edge)
+
+
+def grid_draws(grid: GridPosterior, n: int, seed: int, refine: int = 8) -> np.ndarray:
+    """``n`` independent draws ``(n, P)`` from the grid posterior ``exp(log L)`` (uniform
+    prior), for intervals and summaries that are not limited to the grid's points.
+
+    ``log L`` is interpolated by a cubic spline (``scipy.interpolate.RegularGridInterpolator``,
+    no new likelihood evaluations) onto a grid ``refine`` times finer per axis; a draw picks
+    a fine cell with probability ``exp(log L)`` at its centre and a uniform point inside it.
+    The piecewise-constant density adds ``h_i^2 / 12`` to each variance (``h_i`` the fine
+    spacing: below 0.1% of a posterior spanning ~10 coarse cells at ``refine = 8``).
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DiffHMCError(f"grid_draws needs n >= 1 draws, got {n!r}")
+    method = "cubic" if all(len(a) >= 4 for a in grid.axes) else "linear"
+    spline = RegularGridInterpolator(grid.axes, grid.log_like, method=method)
+    edges = [np.linspace(a[0], a[-1], refine * (len(a) - 1) + 1) for a in grid.axes]
+    centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
+    pts = grid_points(centres)
+    ll = spline(pts)
+    w = np.exp(ll - ll.max())
+    w /= w.sum()
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(len(pts), size=n, p=w)
+    half = np.array([0.5 * (e[1] - e[0]) for e in edges])
+    return pts[cells] + rng.uniform(-1.0, 1.0, size=(n, len(edges))) * half
 
 
 def compare_moments(

@@ -1,13 +1,14 @@
-"""Figures of posteriors: corner plot (with the truth and the design points) and traces."""
+"""Figures of posteriors: corner plot (with the truth and the design points), traces, the
+likelihood grid, and sampled vs exact posterior moments over many maps."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["corner_figure", "trace_figure", "grid_figure"]
+__all__ = ["corner_figure", "trace_figure", "grid_figure", "exact_comparison_figure"]
 
 
 def _weighted_hist(x: np.ndarray, w: np.ndarray | None, bins: np.ndarray) -> np.ndarray:
@@ -138,4 +139,59 @@ def grid_figure(
     ax.set_ylabel(names[1])
     ax.set_title("grid cross-check: exact bound (contours) vs draws")
     ax.legend(fontsize=7)
+    return fig
+
+
+def exact_comparison_figure(
+    variants: Mapping[str, Mapping[str, np.ndarray]],
+    names: Sequence[str],
+    target_shift: float,
+    target_ratio: tuple[float, float],
+) -> Figure:
+    """Sampled vs exact posteriors over ``N`` maps, one row per variant (e.g. a bound).
+
+    ``variants[v]`` holds ``field (N,)`` map indices, ``failed (N,)`` bool (sampler
+    failures, crossed out), ``exact_mean``, ``exact_std``, ``mean``, ``std``, ``shift``
+    (``(mean - exact_mean) / exact_std``) and ``std_ratio`` (``std / exact_std``), each
+    ``(N, P)``, and ``mean_abs_shift``, ``mean_std_ratio`` ``(P,)`` for the titles.
+    Columns: per parameter, the sampled posterior mean against the exact one with both
+    stds as error bars (the diagonal is agreement); then the std ratio per map (log scale,
+    ``target_ratio`` shaded) and the shift per map (``+-target_shift`` shaded).
+    """
+    p, nv = len(names), len(variants)
+    fig = Figure(figsize=(4.0 * (p + 2), 3.4 * nv), layout="constrained")
+    axs = fig.subplots(nv, p + 2, squeeze=False)
+    for row, (v, d) in enumerate(variants.items()):
+        for j, n in enumerate(names):
+            ax = axs[row, j]
+            em, es, dm, ds = (d[k][:, j] for k in ("exact_mean", "exact_std", "mean", "std"))
+            ax.errorbar(em, dm, xerr=es, yerr=ds, fmt="o", ms=3, lw=0.8, capsize=0)
+            lo, hi = min(em.min(), dm.min()), max(em.max(), dm.max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlabel(f"exact posterior mean {n}")
+            ax.set_ylabel(f"DHMC mean {n}")
+            ax.set_title(
+                f"{v}: mean|shift| {d['mean_abs_shift'][j]:.2f}, "
+                f"ratio {d['mean_std_ratio'][j]:.2f}",
+                fontsize=9,
+            )
+        idx, bad = d["field"], d["failed"]
+        for col, key, ylab in ((p, "std_ratio", "std ratio DHMC / exact"), (p + 1, "shift", "")):
+            ax = axs[row, col]
+            for j, n in enumerate(names):
+                vals = d[key][:, j]
+                ax.plot(idx, vals, "o", ms=4, label=n)
+                if bad.any():
+                    ax.plot(idx[bad], vals[bad], "kx", ms=8)
+            if key == "std_ratio":
+                ax.axhspan(*target_ratio, color="g", alpha=0.1, label="target")
+                ax.axhline(1.0, color="k", lw=0.8)
+                ax.set_yscale("log")
+            else:
+                ax.axhspan(-target_shift, target_shift, color="g", alpha=0.1)
+                ax.axhline(0.0, color="k", lw=0.8)
+                ylab = "shift (DHMC - exact mean) / exact std"
+            ax.set_xlabel("held-out field (x: sampler failure)")
+            ax.set_ylabel(ylab)
+            ax.legend(fontsize=8)
     return fig
