@@ -46,7 +46,7 @@ import torch
 from diffhmc.core.fileio import load_json, save_figure, save_json
 from diffhmc.data.dataset import load_dataset
 from diffhmc.data.selection import held_out_fields
-from diffhmc.emulator.checkpoint import load_model
+from diffhmc.emulator.checkpoint import export_for_inference, load_model
 from diffhmc.emulator.oracle import eps_mse_vs_oracle, oracle_model
 from diffhmc.emulator.train import split_tensors
 from diffhmc.inference.config import InferenceConfig
@@ -122,8 +122,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from diffhmc.emulator.checkpoint import export_for_inference
-
     OUT.mkdir(parents=True, exist_ok=True)
     dst = export_for_inference(args.run / "checkpoints" / "last.pt", MODEL)
     for name in ("log.csv", "config.json"):
