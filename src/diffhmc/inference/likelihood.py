@@ -234,9 +234,28 @@ class MapBound(BoundEstimator, ABC):
         return b, x_t, t, eps, th
 
     @abstractmethod
+    def row_terms(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, theta_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The bound term of every network row: ``(N,)`` from rows ``x_t (N, 1, H, W)``,
+        ``t (N,)``, ``eps (N, 1, H, W)``, ``theta_rows (N, P)`` as :meth:`_rows` lays them
+        out (row ``i`` of a block of ``M K`` is draw ``i // K``, timestep slot ``i % K``)."""
+
     def terms(self, theta: torch.Tensor) -> torch.Tensor:
         """Per-draw bound terms ``(B, M, K)`` at ``theta (B, P)``; unweighted,
         differentiable in ``theta``."""
+        b, x_t, t, eps, th = self._rows(theta)
+        return self.row_terms(x_t, t, eps, th).reshape(b, self.n_draws, len(self.timesteps))
+
+    def term_gradients(self, theta: torch.Tensor) -> torch.Tensor:
+        """``d L_{t_k}(theta; eps^(m,k)) / d theta`` of every draw and timestep at one
+        ``theta (P,)``: ``(M, K, P)`` float64, from one backward pass (each row gets its own
+        copy of ``theta``). Their scatter over draws is the estimator's gradient noise
+        (:mod:`diffhmc.inference.estimator_noise`)."""
+        _, x_t, t, eps, th = self._rows(theta.reshape(1, -1))
+        th = th.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.row_terms(x_t, t, eps, th).sum(), th)
+        return g.double().reshape(self.n_draws, len(self.timesteps), -1)
 
     def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
         """``-(1/M) sum_m sum_k w_k L_{t_k}``: ``theta (B, P) -> (B,)``, differentiable."""
@@ -286,17 +305,15 @@ class BoundLikelihood(MapBound):
         x0_rows = self.x0.expand(n_draws * k, *x0.shape)
         self.x_t = schedule.q_sample(x0_rows, t_rows, eps_rows)  # (M K, 1, H, W)
 
-    def terms(self, theta: torch.Tensor) -> torch.Tensor:
-        """Per-draw bound terms ``L_{t_k}(theta; eps^(m,k))``, shape ``(B, M, K)``.
-
-        ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
-        """
-        b, x_t, t, eps, th = self._rows(theta)
+    def row_terms(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, theta_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """``L_{t}(theta; eps)`` of every row (:meth:`MapBound.row_terms`): ``(N,)``."""
         out = [
             vlb_terms(pred, eps[sl].to(pred.dtype), t[sl], self.schedule)
-            for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch)
+            for sl, pred in chunked_eps(self.eps_model, x_t, t, theta_rows, self.max_batch)
         ]
-        return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
+        return torch.cat(out)
 
 
 class StackedBound(BoundEstimator):

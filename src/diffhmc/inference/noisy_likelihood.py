@@ -321,17 +321,16 @@ class NoisyBoundLikelihood(MapBound):
         lt = 0.5 * (abp * x.pow(2) - abp - math.log1p(-abp)).sum()
         return float(-lt + 0.5 * self.y.numel() * math.log(a))
 
-    def terms(self, theta: torch.Tensor) -> torch.Tensor:
-        """Per-draw bound terms ``L'_{t_k}(theta; eps'^(m,k))``, shape ``(B, M, K)``, float64.
-
-        ``theta``: ``(B, P)``. Unweighted; differentiable in ``theta``.
-        """
-        b, x_t, t, eps, th = self._rows(theta)
-        slot = self._k.repeat(b)
+    def row_terms(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, theta_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """``L'_{t}(theta; eps')`` of every row (:meth:`MapBound.row_terms`): ``(N,)``,
+        float64."""
+        slot = self._k.repeat(x_t.shape[0] // self.n_rows)
         out = []
-        for sl, pred in chunked_eps(self.eps_model, x_t, t, th, self.max_batch):
+        for sl, pred in chunked_eps(self.eps_model, x_t, t, theta_rows, self.max_batch):
             k = slot[sl]
             target = self._r[k].reshape(-1, 1, 1, 1) * eps[sl].double()
             sq = (pred.double() - target).pow(2).flatten(1).sum(dim=1)
             out.append(self._w[k] * sq + self._c[k])
-        return torch.cat(out).reshape(b, self.n_draws, len(self.timesteps))
+        return torch.cat(out)
