@@ -174,6 +174,30 @@ def add_recalibration_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_input_check_args(p: argparse.ArgumentParser) -> None:
+    """``--reference FILE`` and ``--allow-out-of-range``: the input range check every map
+    goes through before inference (:mod:`diffhmc.inference.input_check`)."""
+    g = p.add_argument_group(
+        "input check",
+        "every map is compared with the model's training maps before inference (README: "
+        "'Maps unlike the training maps'); a map far outside is refused",
+    )
+    g.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="input reference of the model (scripts/build_reference.py); default: the one "
+        "shipped with the checkpoint, or none (the check is skipped with a note)",
+    )
+    g.add_argument(
+        "--allow-out-of-range",
+        action="store_true",
+        help="infer even from maps the check refuses (the refusal becomes a warning, "
+        "recorded in summary.json)",
+    )
+
+
 _CREATED: list[Path] = []
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from diffhmc.cli.common import (
     add_inference_args,
+    add_input_check_args,
     add_model_arg,
     add_recalibration_arg,
     add_sim_config_args,
@@ -38,6 +39,7 @@ def register(sub: Any) -> None:
     add_model_arg(p)
     add_inference_args(p)
     add_recalibration_arg(p)
+    add_input_check_args(p)
     add_sim_config_args(p)
 
 
@@ -66,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=args.model,
         sim_config=cfg,
         recal=recal,
+        reference=args.reference,
+        allow_out_of_range=args.allow_out_of_range,
     )
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from diffhmc.cli.common import (
     add_inference_args,
+    add_input_check_args,
     add_model_arg,
     add_recalibration_arg,
     inference_config,
@@ -53,6 +54,7 @@ def register(sub: Any) -> None:
         "noise-aware bound (the bound starts at the matching diffusion time)",
     )
     add_recalibration_arg(p)
+    add_input_check_args(p)
     p.add_argument(
         "--joint",
         action="store_true",
@@ -156,13 +158,31 @@ def run(args: argparse.Namespace) -> int:
     recal = recalibration_for(args.recalibration, model, cfg, args.model is not None)
     if args.dataset is not None:
         out = args.out if args.out is not None else run_dir(None, "infer")
-        out.mkdir(parents=True, exist_ok=True)
         infer_dataset(
-            args.dataset, args.split, args.n, model, cfg, out, cluster=cluster, recal=recal
+            args.dataset,
+            args.split,
+            args.n,
+            model,
+            cfg,
+            out,
+            cluster=cluster,
+            recal=recal,
+            reference=args.reference,
+            allow_out_of_range=args.allow_out_of_range,
         )
     else:
         out = run_dir(args.out, "infer")
-        infer_arrays(args.maps, model, cfg, out, truth=args.truth, recal=recal, joint=args.joint)
+        infer_arrays(
+            args.maps,
+            model,
+            cfg,
+            out,
+            truth=args.truth,
+            recal=recal,
+            joint=args.joint,
+            reference=args.reference,
+            allow_out_of_range=args.allow_out_of_range,
+        )
     return 0
 
 

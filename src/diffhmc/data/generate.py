@@ -261,3 +261,32 @@ def generate_dataset(
         box_size,
         fractions,
     )
+
+
+def load_or_generate(
+    path: str | os.PathLike[str],
+    n_sims: int,
+    config: _ConfigLike,
+    seed: int,
+    workers: int = 2,
+    progress: bool = True,
+) -> Dataset:
+    """The dataset :func:`generate_dataset` makes with these arguments: loaded from ``path``
+    when a finished one with the same seed, number of simulations and simulation settings
+    is there, otherwise generated (resuming an interrupted generation). A finished dataset
+    of other arguments is refused. For evaluation drivers that simulate their own maps."""
+    from diffhmc.data.dataset import load_dataset
+
+    target = Path(path)
+    if (target / "meta.json").is_file():
+        ds = load_dataset(target)
+        prov = ds.meta.get("provenance", {})
+        want = json_normalise({"seed": seed, "n_sims": n_sims, "sim_config": config.to_dict()})
+        got = {"seed": prov.get("seed"), "n_sims": ds.n_sims, "sim_config": prov.get("sim_config")}
+        if got != want:
+            raise DiffHMCError(
+                f"{target} holds a dataset of other arguments (seed {got['seed']}, "
+                f"{got['n_sims']} simulations, settings {got['sim_config']}); use another folder"
+            )
+        return ds
+    return generate_dataset(target, n_sims, config, seed, workers=workers, progress=progress)

@@ -6,10 +6,13 @@ timesteps they sum (``timesteps``), the box transform and potential (``potential
 (``mcmc``), the surrogate (``surrogate``), grid quadrature (``grid``), draw summaries and
 diagnostics (``diagnostics``). One map's posterior: settings (``config``), the map's
 likelihood (``map_likelihood``), where the posterior is (``locate``), the surrogate
-method's importance-corrected posterior (``surrogate_posterior``), the result record
+method's checked posterior with its exact-grid fallback (``surrogate_posterior``), the result record
 (``result``) and the entry points ``infer_map`` / ``infer_maps_joint`` (``posterior``).
 Recalibration fitted on validation posteriors, applied to finished ones
-(``recalibration``; nothing else in the package's inference core imports it).
+(``recalibration``; nothing else in the package's inference core imports it). The input
+range check every entry point runs before any network call (``input_check``: a map's
+statistics against the reference shipped with the model, ``input_reference``). How much
+of a posterior is the bound estimator's noise (``estimator_noise``).
 
 Imports: :mod:`diffhmc.core`, :mod:`diffhmc.evaluation` (Wilson intervals),
 :mod:`diffhmc.data`, :mod:`diffhmc.emulator`.

@@ -27,6 +27,7 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import atomic_path, load_json, save_json
 from diffhmc.core.runs import Log, check_same_settings, finished
 from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.input_check import input_screen
 from diffhmc.inference.recalibration import (
     Recalibration,
 )
@@ -98,6 +99,8 @@ def infer_dataset(
     cluster: ClusterSpec | None = None,
     progress: bool = True,
     recal: Recalibration | None = None,
+    reference: str | Path | None = None,
+    allow_out_of_range: bool = False,
 ) -> list[dict[str, Any]]:
     """Posteriors for ``n`` maps of a dataset split (one seeded map per simulation), one
     folder ``sim{sim:04d}_map{row:06d}`` per map, run by :func:`diffhmc.batch.cluster.run_jobs` on
@@ -106,7 +109,9 @@ def infer_dataset(
 
     ``recal`` (a fitted :class:`~diffhmc.inference.recalibration.Recalibration`) widens every
     posterior. Finished maps (with a ``summary.json``) are skipped, so an interrupted run
-    resumes.
+    resumes. Every picked map is first checked against the model's input reference
+    (``reference`` or the shipped one; :mod:`diffhmc.inference.input_check`): a map far
+    outside it raises before anything is written, unless ``allow_out_of_range``.
     Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals, R-hat, ESS, time
     per finished map), assembled from the per-map ``summary.json`` files. Maps that failed
     keep an ``error.json``, are listed in ``errors.json`` and raise :class:`DiffHMCError`
@@ -146,13 +151,17 @@ def infer_dataset(
             "device": str(next(model.net.parameters()).device),
             "use_ema": bool(getattr(model, "used_ema", True)),
         }
+    screen = input_screen(model, reference, allow_out_of_range)
+    labelled = [(f"{dataset} sim {sim} map {row}", np.asarray(ds.maps[row])) for row, sim in picks]
+    checks = screen.run(labelled, log)
+    out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg, recal)
     jobs = []
-    for row, sim in picks:
+    for (row, sim), (_, density), check in zip(picks, labelled, checks, strict=True):
         name = f"sim{sim:04d}_map{row:06d}"
         extra = {"dataset": str(dataset), "row": row, "sim": sim}
         payload = PosteriorJob(
-            np.asarray(ds.maps[row]), ds.params[row], cfg, extra, recal=recal, **where
+            density, ds.params[row], cfg, extra, recal=recal, input_check=check, **where
         )
         jobs.append(Job(name, out / name, payload))
     result = run_jobs(fn, jobs, cluster, progress=progress, log=log)

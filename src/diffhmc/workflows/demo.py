@@ -16,6 +16,7 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import save_figure, save_json, save_npy
 from diffhmc.core.runs import Log
 from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.input_check import input_screen, with_input_check
 from diffhmc.inference.posterior import infer_map
 from diffhmc.inference.recalibration import (
     Recalibration,
@@ -36,10 +37,16 @@ def inference_demo(
     sim_config: Any = None,
     log: Log = print,
     recal: Recalibration | None = None,
+    reference: Path | None = None,
+    allow_out_of_range: bool = False,
 ) -> dict[str, Any]:
     """The main job: simulate a new map at a seeded cosmology, infer its parameters with the
     shipped model (Diffusion-HMC), print the posterior against the truth, and save the map,
-    the corner and trace plots, and maps emulated at the posterior mean."""
+    the corner and trace plots, and maps emulated at the posterior mean.
+
+    The simulated map is checked against the model's input reference (``reference`` or
+    the shipped one; :mod:`diffhmc.inference.input_check`) before anything is written:
+    other simulator settings can make it unlike the training maps."""
     import torch
 
     from diffhmc.emulator.checkpoint import load_model
@@ -48,6 +55,7 @@ def inference_demo(
 
     cfg = cfg or InferenceConfig()
     model = load_model(model_path)
+    screen = input_screen(model, reference, allow_out_of_range)
     rng = np.random.default_rng(seed)
     low, high = model.space.low, model.space.high
     truth = low + (0.15 + 0.7 * rng.random(len(low))) * (high - low)  # away from the edges
@@ -60,6 +68,7 @@ def inference_demo(
     log(f"simulating a new map: Omega_m = {truth[0]:.4f}, sigma_8 = {truth[1]:.4f} (seed {seed})")
     maps = simulate_maps(float(truth[0]), float(truth[1]), seed + 10_000_019, sim_cfg)
     x = maps[0].astype(np.float64)
+    check = screen.run([("the simulated map", x)], log)[0]
     save_npy(out / "map.npy", x.astype(np.float32))
     save_figure(out / "map.png", maps_grid_figure(x[None], titles=["observed map (log10)"]))
     log(
@@ -70,7 +79,8 @@ def inference_demo(
     if recal is not None:
         post = recalibrate(post, recal, model, truth)
     names = list(model.space.names)
-    save_posterior(post, out / "posterior", names, truth, {"model": model.source, "seed": seed})
+    extra = {"model": model.source, "seed": seed, **with_input_check(post.summary, check)}
+    save_posterior(post, out / "posterior", names, truth, extra)
     log("posterior:")
     log(format_posterior(post.summary, names))
     mean = np.array([post.summary["parameters"][n]["mean"] for n in names])

@@ -28,6 +28,7 @@ from diffhmc.core.fileio import atomic_path, load_npy, save_figure, save_json
 from diffhmc.core.runs import Log
 from diffhmc.emulator.checkpoint import model_sha256
 from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.input_check import input_screen, with_input_check
 from diffhmc.inference.map_likelihood import prepare_map
 from diffhmc.inference.posterior import infer_map, infer_maps_joint
 from diffhmc.inference.recalibration import (
@@ -120,9 +121,17 @@ def infer_arrays(
     log: Log = print,
     recal: Recalibration | None = None,
     joint: bool = False,
+    reference: str | Path | None = None,
+    allow_out_of_range: bool = False,
 ) -> list[dict[str, Any]]:
     """Posteriors for every map in the ``.npy`` files ``paths`` (each one map or a stack),
     one sub-folder per map, widened by ``recal`` if given; returns the summaries.
+
+    Before any network call every map is checked against the model's input reference
+    (``reference``: a file; default: the shipped one of the checkpoint, or the check is
+    skipped with a note; :mod:`diffhmc.inference.input_check`): a map far outside it
+    raises unless ``allow_out_of_range``; the record is ``input_check`` in each
+    ``summary.json`` and its messages are added to ``warnings``.
 
     ``joint``: all maps' chains in ONE lockstep NUTS run on the exact bound, every step one
     batched network call (:func:`diffhmc.inference.posterior.infer_maps_joint`; for a GPU)."""
@@ -142,6 +151,11 @@ def infer_arrays(
         for p, m in stacks
         for i, x in enumerate(m)
     ]
+    screen = input_screen(model, reference, allow_out_of_range)
+    labelled = [
+        (str(p) if len(m) == 1 else f"{p} map {i}", x) for p, m in stacks for i, x in enumerate(m)
+    ]
+    checks = screen.run(labelled, log)
     if joint:
         log(f"{len(items)} maps x {cfg.nuts.n_chains} chains in one lockstep NUTS run")
         posts = infer_maps_joint(
@@ -157,6 +171,7 @@ def infer_arrays(
         if recal is not None:
             post = recalibrate(post, recal, model, t_arr)
         extra = {"source": str(p), "index": i, "model": model.source}
+        extra.update(with_input_check(post.summary, checks[k]))
         save_posterior(post, out / name, names, t_arr, extra)
         log(f"{name}:")
         log(format_posterior(post.summary, names))
@@ -167,8 +182,9 @@ def infer_arrays(
 @dataclass(frozen=True)
 class PosteriorJob:
     """Payload of one posterior in a batch: the map ``density (H, W)`` in physical units,
-    its ``truth (P,)`` if known, the settings, extra fields for ``summary.json``, and where
-    a worker finds the model (a checkpoint file, loaded once per worker process)."""
+    its ``truth (P,)`` if known, the settings, extra fields for ``summary.json``, where
+    a worker finds the model (a checkpoint file, loaded once per worker process), and the
+    map's input-check record."""
 
     density: np.ndarray
     truth: np.ndarray | None
@@ -178,6 +194,9 @@ class PosteriorJob:
     device: str = "cpu"
     use_ema: bool = True
     recal: Recalibration | None = None
+    input_check: dict[str, Any] | None = None
+    """The map's input-check record (:mod:`diffhmc.inference.input_check`), made before
+    the batch started; saved in ``summary.json``."""
 
 
 _MODEL_LOCK = threading.Lock()
@@ -213,6 +232,7 @@ def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> Non
     if job.recal is not None:
         post = recalibrate(post, job.recal, model, truth)
     extra = {**job.extra, "seconds": time.perf_counter() - t0}
+    extra.update(with_input_check(post.summary, job.input_check))
     save_posterior(post, folder, list(model.space.names), job.truth, extra)
 
 
@@ -231,5 +251,3 @@ def recalibration_for(
     recal = load_recalibration(path)
     recal.check(list(model.space.names), cfg.to_dict(), model_sha256(model.source))
     return recal
-
-

@@ -1,0 +1,225 @@
+"""How often the input range check (``diffhmc.inference.input_check``) flags a map:
+false alarms on fresh in-distribution maps, detections on shifted maps.
+
+In-distribution maps: ``--n-sims`` new simulations with the training settings (a Latin
+hypercube over the CAMELS prior, design seed ``--seed``, none of whose simulation seeds is
+a training or reference seed), one map per simulation (its index drawn from ``--seed`` and
+recorded). Shifted kinds, each made from those maps or from new simulations:
+
+- ``all_ones``: the map of issue 18, every pixel 1.0 (one map);
+- ``units_1e-10``, ``units_x10``: the maps times 1e-10 or 10 (other units);
+- ``units_msun``: in Msun/Mpc^2 instead of (Msun/h)/(Mpc/h)^2 (times h = 0.6711);
+- ``noise_0.05dex``: Gaussian noise of 0.05 dex added to log10 (``add_log_noise``);
+- ``smoothed_2px``: Gaussian smoothing with sigma = 2 pixels (periodic);
+- ``flat``: every pixel at the map's mean (no structure, right density);
+- ``sim_32_particles``: the simulator with 32^3 particles and a 64^3 mesh;
+- ``sim_5_steps``: the simulator with 5 time steps instead of 30;
+- ``sim_box_50``: the simulator with a 50 Mpc/h box (same 64^2 pixels).
+
+A map is flagged when the verdict is not "ok" (warn or refuse). Every rate comes with its
+Wilson 95% interval. Simulations are kept under ``--work`` (resumable).
+
+    python evaluations/ood.py          # -> evaluations/results/ood/{report.json,report.md,ood.png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter
+
+from diffhmc.core.fileio import file_sha256, save_figure, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.data.generate import load_or_generate
+from diffhmc.data.noise import add_log_noise
+from diffhmc.emulator.checkpoint import load_model, model_sha256
+from diffhmc.evaluation.metrics import wilson_interval
+from diffhmc.inference.input_check import check_map
+from diffhmc.inference.input_reference import SHIPPED_REFERENCE, STATISTICS, load_reference
+from diffhmc.simulation.design import simulation_seeds
+from diffhmc.simulation.simulator import SimConfig
+
+H = 0.6711
+TRAINING_SEEDS = simulation_seeds(0, 1000)  # data/pm64
+OTHER_SETTINGS = {  # kind: (SimConfig overrides, design seed, simulations)
+    "sim_32_particles": ({"n_particles": 32, "n_mesh": 64}, 1803, 50),
+    "sim_5_steps": ({"n_steps": 5}, 1804, 50),
+    "sim_box_50": ({"box_size": 50.0}, 1805, 30),
+}
+TRANSFORMS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "units_1e-10": lambda m, s: m * 1e-10,
+    "units_x10": lambda m, s: m * 10.0,
+    "units_msun": lambda m, s: m * H,
+    "noise_0.05dex": lambda m, s: add_log_noise(m[None], 0.05, s)[0],
+    "smoothed_2px": lambda m, s: gaussian_filter(m, 2.0, mode="wrap"),
+    "flat": lambda m, s: np.full_like(m, m.mean()),
+}
+
+
+def one_map_per_sim(ds: Any, seed: int) -> tuple[np.ndarray, list[int]]:
+    """One map per simulation of ``ds`` (index within the simulation drawn from ``seed``):
+    maps ``(n_sims, R, R)`` float64 and their rows."""
+    rng = np.random.default_rng(seed)
+    per = int(ds.meta["maps_per_sim"])
+    rows = [int(s * per + rng.integers(per)) for s in range(ds.n_sims)]
+    return np.stack([np.asarray(ds.maps[r], dtype=np.float64) for r in rows]), rows
+
+
+def rate(flags: list[bool]) -> dict[str, Any]:
+    k, n = int(sum(flags)), len(flags)
+    lo, hi = wilson_interval(k, n)
+    return {"rate": k / n, "hits": k, "n": n, "wilson95": [lo, hi]}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    verdicts = [r["verdict"] for r in records]
+    fired = {
+        s: int(sum(r["statistics"][s]["excess_widths"] > r["warn_widths"] for r in records))
+        for s in STATISTICS
+    }
+    return {
+        "n": len(records),
+        "detection_rate": rate([v != "ok" for v in verdicts]),
+        "refuse_rate": rate([v == "refuse" for v in verdicts]),
+        "verdicts": {v: verdicts.count(v) for v in ("ok", "warn", "refuse")},
+        "statistic_fired": fired,
+        "median_max_excess_widths": float(np.median([r["max_excess_widths"] for r in records])),
+    }
+
+
+def figure(ref: Any, points: dict[str, np.ndarray], report: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, bx = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    rp = np.asarray(ref.points)
+    ax.scatter(rp[:, 0], rp[:, 2], s=4, c="0.75", label=f"reference ({ref.n_maps} maps)")
+    for name, p in points.items():
+        if name in ("all_ones", "units_1e-10"):
+            continue  # far off the axes
+        ax.scatter(p[:, 0], p[:, 1], s=10, label=name, zorder=3 if name == "in_distribution" else 2)
+    ax.set(xlabel="mean normalised log10 density", ylabel="roughness (std of pixel differences)")
+    ax.set_title("maps in (mean, roughness); all_ones, units_1e-10: mean < -3", fontsize=10)
+    ax.legend(fontsize=7, markerscale=1.5)
+    names = ["in-distribution (false alarms)", *report["kinds"]]
+    rates = [report["false_alarm_rate"], *(k["detection_rate"] for k in report["kinds"].values())]
+    y = np.arange(len(names))
+    r = np.array([x["rate"] for x in rates])
+    lo = np.array([x["wilson95"][0] for x in rates])
+    hi = np.array([x["wilson95"][1] for x in rates])
+    bx.barh(y, r, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+    bx.errorbar(
+        r, y, xerr=[np.maximum(r - lo, 0), np.maximum(hi - r, 0)], fmt="none", ecolor="k", capsize=3
+    )
+    bx.set_yticks(y, [f"{n} (n={x['n']})" for n, x in zip(names, rates, strict=True)])
+    bx.invert_yaxis()
+    bx.set(xlim=(0, 1.02), xlabel="fraction flagged (warn or refuse), Wilson 95%")
+    return fig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ood")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/diffhmc-ood"))
+    ap.add_argument("--n-sims", type=int, default=80, help="in-distribution simulations")
+    ap.add_argument("--seed", type=int, default=1802, help="in-distribution design seed")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reference", type=Path, default=SHIPPED_REFERENCE)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    model = load_model(None)
+    ref = load_reference(args.reference, model.normalization, model_sha256(model.source))
+    forbidden = set(TRAINING_SEEDS.tolist()) | set(ref.provenance.get("sim_seeds", []))
+    datasets: dict[str, Any] = {}
+
+    def simulated(name: str, overrides: dict[str, Any], seed: int, n: int) -> np.ndarray:
+        ds = load_or_generate(
+            args.work / f"{name}_s{seed}_n{n}", n, SimConfig(**overrides), seed, args.workers
+        )
+        clash = forbidden & set(ds.sim_seeds.tolist())
+        if clash:
+            raise SystemExit(f"error: {name}: simulation seeds {sorted(clash)} already used")
+        maps, rows = one_map_per_sim(ds, seed)
+        datasets[name] = {
+            "sim_config_overrides": overrides,
+            "design_seed": seed,
+            "n_sims": n,
+            "sim_seeds": ds.sim_seeds.tolist(),
+            "rows": rows,
+        }
+        return maps
+
+    indist = simulated("in_distribution", {}, args.seed, args.n_sims)
+    kinds: dict[str, np.ndarray] = {"all_ones": np.ones((1, 64, 64))}
+    for name, fn in TRANSFORMS.items():
+        kinds[name] = np.stack([fn(m, 10_000 + i) for i, m in enumerate(indist)])
+    for name, (overrides, seed, n) in OTHER_SETTINGS.items():
+        kinds[name] = simulated(name, overrides, seed, n)
+
+    in_records = [check_map(m, ref) for m in indist]
+    false_alarm = rate([r["verdict"] != "ok" for r in in_records])
+    results = {name: [check_map(m, ref) for m in maps] for name, maps in kinds.items()}
+    report: dict[str, Any] = {
+        "false_alarm_rate": false_alarm,
+        "false_alarm_target": 0.05,
+        "in_distribution": summarise(in_records),
+        "kinds": {name: summarise(recs) for name, recs in results.items()},
+        "all_ones_map": {
+            "verdict": results["all_ones"][0]["verdict"],
+            "messages": results["all_ones"][0]["messages"],
+        },
+        "rule": {
+            "flagged": "verdict != 'ok' (warn or refuse)",
+            "warn_widths": ref.warn_widths,
+            "refuse_widths": ref.refuse_widths,
+            "ranges": {s: list(ref.ranges[s]) for s in STATISTICS},
+            "widths": {s: ref.width(s) for s in STATISTICS},
+        },
+        "reference": {
+            "file": str(args.reference.name),
+            "sha256": file_sha256(args.reference),
+            "n_maps": ref.n_maps,
+            "design_seed": ref.provenance.get("design_seed"),
+        },
+        "model_sha256": ref.model_sha256,
+        "datasets": datasets,
+        "transform_seeds": "noise_0.05dex: add_log_noise(map, 0.05, seed=10000 + i) for map i",
+        "command": " ".join(["python evaluations/ood.py", *sys.argv[1:]]),
+        "arguments": {k: str(v) for k, v in vars(args).items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine_info(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_json(args.out / "report.json", report)
+    lines = [
+        "| maps | n | flagged (warn or refuse) [Wilson 95%] | refused | statistics that fired |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows = {"in-distribution (false alarms)": report["in_distribution"], **report["kinds"]}
+    for name, k in rows.items():
+        d, rr = k["detection_rate"], k["refuse_rate"]
+        fired = ", ".join(f"{s} {c}" for s, c in k["statistic_fired"].items() if c) or "-"
+        lines.append(
+            f"| {name} | {k['n']} | {d['rate']:.2f} [{d['wilson95'][0]:.2f}, "
+            f"{d['wilson95'][1]:.2f}] | {rr['rate']:.2f} | {fired} |"
+        )
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    joint = ("mean", "diff_std")
+    points = {
+        name: np.array([[r["statistics"][c]["value"] for c in joint] for r in recs])
+        for name, recs in {"in_distribution": in_records, **results}.items()
+    }
+    save_figure(args.out / "ood.png", figure(ref, points, report))
+    print("\n".join(lines))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
