@@ -11,9 +11,11 @@ from diffhmc.cli.common import (
     add_inference_args,
     add_input_check_args,
     add_model_arg,
+    add_ppc_args,
     add_recalibration_arg,
     add_sim_config_args,
     inference_config,
+    ppc_config,
     run_dir,
     sim_config,
     subparser,
@@ -40,6 +42,7 @@ def register(sub: Any) -> None:
     add_inference_args(p)
     add_recalibration_arg(p)
     add_input_check_args(p)
+    add_ppc_args(p)
     add_sim_config_args(p)
 
 
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from diffhmc.workflows.infer import recalibration_for
 
     icfg = inference_config(args)
+    ppc = ppc_config(args)
     recal = None
     if args.recalibration is not None:
         from diffhmc.emulator.checkpoint import load_model
@@ -70,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
         recal=recal,
         reference=args.reference,
         allow_out_of_range=args.allow_out_of_range,
+        ppc=ppc,
     )
     return 0

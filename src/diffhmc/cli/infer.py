@@ -11,8 +11,10 @@ from diffhmc.cli.common import (
     add_inference_args,
     add_input_check_args,
     add_model_arg,
+    add_ppc_args,
     add_recalibration_arg,
     inference_config,
+    ppc_config,
     run_dir,
     subparser,
 )
@@ -55,6 +57,7 @@ def register(sub: Any) -> None:
     )
     add_recalibration_arg(p)
     add_input_check_args(p)
+    add_ppc_args(p)
     p.add_argument(
         "--joint",
         action="store_true",
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.joint and getattr(args, "noise_std", 0.0) > 0:
         raise DiffHMCError("--joint stacks plain bounds: it cannot be combined with --noise-std")
     cfg = inference_config(args)
+    ppc = ppc_config(args)
     cluster = cluster_spec(args) if args.dataset is not None else None
     model = load_model(args.model, device=args.device)
     recal = recalibration_for(args.recalibration, model, cfg, args.model is not None)
@@ -169,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             recal=recal,
             reference=args.reference,
             allow_out_of_range=args.allow_out_of_range,
+            ppc=ppc,
         )
     else:
         out = run_dir(args.out, "infer")
@@ -182,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             joint=args.joint,
             reference=args.reference,
             allow_out_of_range=args.allow_out_of_range,
+            ppc=ppc,
         )
     return 0
 

@@ -1,5 +1,6 @@
 """Evaluation metrics of posteriors (pure numpy, no I/O): interval coverage with Wilson
-intervals, z-scores, RMSE, bias, SBC ranks, TARP (``metrics``). The recalibration fitted
+intervals, z-scores, RMSE, bias, SBC ranks, TARP (``metrics``); the posterior-predictive
+check's calibrated score (``predictive``). The recalibration fitted
 with them lives in :mod:`diffhmc.inference.recalibration`.
 
 Imports: :mod:`diffhmc.core` only.

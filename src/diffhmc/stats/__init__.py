@@ -1,7 +1,8 @@
 r"""Summary statistics of 2D column-density maps (pure numpy, batched, no I/O): power
 spectrum and pixel PDF (``spectra``), peak counts and Minkowski functionals
-(``morphology``), the summary vector and realisation bands (``summaries``), and the shared
-histogram helpers (``binning``).
+(``morphology``), the summary vector and realisation bands (``summaries``), the four
+statistics a posterior-predictive check compares, on shared bins (``predictive``), and the
+shared histogram helpers (``binning``).
 
 Every function takes one map ``(N, N)`` or a batch ``(B, N, N)`` of square, periodic
 maps (numpy arrays, anything :func:`numpy.asarray` accepts, or CPU/GPU torch tensors)

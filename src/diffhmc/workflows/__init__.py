@@ -1,5 +1,6 @@
 """Workflows with files: simulate/compare/emulate/validate to folders (``maps``), posteriors
-to folders, batch runs and the demo (``infer``), the noise-robustness study (``robustness``).
+to folders, batch runs and the demo (``infer``), the posterior-predictive check of a finished
+posterior (``ppc``), the noise-robustness study (``robustness``).
 
 Imports: every library subpackage; never :mod:`diffhmc.cli`.
 """

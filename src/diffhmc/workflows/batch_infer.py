@@ -32,13 +32,15 @@ from diffhmc.inference.recalibration import (
     Recalibration,
 )
 from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
+from diffhmc.workflows.ppc import PPCConfig
 
 TABLE_KEYS = ("truth", "mean", "std", "rhat", "ess_bulk", "z_score")
 
 
 def summary_table(rows: Sequence[tuple[int, int, dict[str, Any]]], names: Sequence[str]) -> list:
     """One table row per ``(sim, row, summary)``: truth, mean, std, R-hat, bulk ESS, z,
-    95% interval per parameter, seconds and the number of warnings."""
+    95% interval per parameter, seconds, the number of warnings and the
+    posterior-predictive check's score (empty without one)."""
     table = []
     for sim, row, summary in rows:
         entry: dict[str, Any] = {"sim": sim, "row": row}
@@ -49,6 +51,7 @@ def summary_table(rows: Sequence[tuple[int, int, dict[str, Any]]], names: Sequen
             entry[f"{nme}_lo95"], entry[f"{nme}_hi95"] = p["interval_95"]
         entry["seconds"] = summary.get("timings", {}).get("total_s")
         entry["warnings"] = len(summary.get("warnings", []))
+        entry["ppc_score"] = (summary.get("ppc") or {}).get("score")
         table.append(entry)
     return table
 
@@ -101,6 +104,7 @@ def infer_dataset(
     recal: Recalibration | None = None,
     reference: str | Path | None = None,
     allow_out_of_range: bool = False,
+    ppc: PPCConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Posteriors for ``n`` maps of a dataset split (one seeded map per simulation), one
     folder ``sim{sim:04d}_map{row:06d}`` per map, run by :func:`diffhmc.batch.cluster.run_jobs` on
@@ -112,6 +116,8 @@ def infer_dataset(
     resumes. Every picked map is first checked against the model's input reference
     (``reference`` or the shipped one; :mod:`diffhmc.inference.input_check`): a map far
     outside it raises before anything is written, unless ``allow_out_of_range``.
+    ``ppc``: a posterior-predictive check of every posterior (:mod:`diffhmc.workflows.ppc`;
+    ``None``: none), in each ``summary.json`` (``ppc``), ``ppc.png`` and the table.
     Writes ``table.csv`` and ``table.json`` (truth, mean, std, intervals, R-hat, ESS, time
     per finished map), assembled from the per-map ``summary.json`` files. Maps that failed
     keep an ``error.json``, are listed in ``errors.json`` and raise :class:`DiffHMCError`
@@ -161,7 +167,14 @@ def infer_dataset(
         name = f"sim{sim:04d}_map{row:06d}"
         extra = {"dataset": str(dataset), "row": row, "sim": sim}
         payload = PosteriorJob(
-            density, ds.params[row], cfg, extra, recal=recal, input_check=check, **where
+            density,
+            ds.params[row],
+            cfg,
+            extra,
+            recal=recal,
+            input_check=check,
+            ppc=ppc,
+            **where,
         )
         jobs.append(Job(name, out / name, payload))
     result = run_jobs(fn, jobs, cluster, progress=progress, log=log)

@@ -26,6 +26,7 @@ from diffhmc.plots.stats import maps_grid_figure
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
 from diffhmc.workflows.infer import format_posterior, save_posterior
 from diffhmc.workflows.maps import compare_statistics, simulate_to_folder
+from diffhmc.workflows.ppc import PPCConfig, report_ppc, run_ppc, with_ppc
 
 
 def inference_demo(
@@ -39,6 +40,7 @@ def inference_demo(
     recal: Recalibration | None = None,
     reference: Path | None = None,
     allow_out_of_range: bool = False,
+    ppc: PPCConfig | None = None,
 ) -> dict[str, Any]:
     """The main job: simulate a new map at a seeded cosmology, infer its parameters with the
     shipped model (Diffusion-HMC), print the posterior against the truth, and save the map,
@@ -46,7 +48,9 @@ def inference_demo(
 
     The simulated map is checked against the model's input reference (``reference`` or
     the shipped one; :mod:`diffhmc.inference.input_check`) before anything is written:
-    other simulator settings can make it unlike the training maps."""
+    other simulator settings can make it unlike the training maps. ``ppc``: a
+    posterior-predictive check of the posterior (:mod:`diffhmc.workflows.ppc`; ``None``:
+    none): ``ppc`` in ``posterior/summary.json``, ``posterior/ppc.png``, one printed line."""
     import torch
 
     from diffhmc.emulator.checkpoint import load_model
@@ -80,9 +84,13 @@ def inference_demo(
         post = recalibrate(post, recal, model, truth)
     names = list(model.space.names)
     extra = {"model": model.source, "seed": seed, **with_input_check(post.summary, check)}
+    record = None if ppc is None else run_ppc(model, post.theta, x, ppc, out / "posterior")
+    if record is not None:
+        extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
     save_posterior(post, out / "posterior", names, truth, extra)
     log("posterior:")
     log(format_posterior(post.summary, names))
+    report_ppc(record, log)
     mean = np.array([post.summary["parameters"][n]["mean"] for n in names])
     theta = torch.tensor(model.space.normalize(mean), dtype=torch.float32).expand(n_emulated, -1)
     gen = torch.Generator().manual_seed(seed)
@@ -98,7 +106,7 @@ def inference_demo(
         f"done in {t:.0f} s of inference: map, posterior (corner.png, trace.png, "
         f"posterior.nc, summary.json) and emulated maps in {out}"
     )
-    res = {"truth": truth.tolist(), "summary": post.summary, "seed": seed}
+    res = {"truth": truth.tolist(), "summary": post.summary, "seed": seed, "ppc": record}
     save_json(
         out / "demo.json",
         {

@@ -2,8 +2,9 @@
 
 Each posterior folder holds ``posterior.nc`` (ArviZ InferenceData, netCDF), ``summary.json``
 (means, stds, 68/95% intervals, R-hat, ESS, divergences, the exact-bound check, settings,
-seeds, timings), ``corner.png`` and ``trace.png``; every file is written atomically and
-``summary.json`` last, so its presence marks a finished posterior.
+seeds, timings), ``corner.png`` and ``trace.png``, and with a posterior-predictive check
+(:mod:`diffhmc.workflows.ppc`) ``ppc.png`` and ``summary.json``'s ``ppc``; every file is
+written atomically and ``summary.json`` last, so its presence marks a finished posterior.
 
 A :class:`PosteriorJob` is one map's posterior as a batch job: Dask workers each load the
 model once (:func:`worker_model`). Dataset batches live in
@@ -39,6 +40,7 @@ from diffhmc.inference.recalibration import (
 )
 from diffhmc.inference.result import Posterior
 from diffhmc.plots.inference import corner_figure, grid_figure, trace_figure
+from diffhmc.workflows.ppc import PPCConfig, report_ppc, run_ppc, with_ppc
 
 __all__ = [
     "save_posterior",
@@ -123,9 +125,14 @@ def infer_arrays(
     joint: bool = False,
     reference: str | Path | None = None,
     allow_out_of_range: bool = False,
+    ppc: PPCConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Posteriors for every map in the ``.npy`` files ``paths`` (each one map or a stack),
     one sub-folder per map, widened by ``recal`` if given; returns the summaries.
+
+    ``ppc``: a posterior-predictive check of every posterior (:mod:`diffhmc.workflows.ppc`;
+    ``None``: none): ``ppc`` in ``summary.json``, ``ppc.png``, one printed line, and a
+    warning when its score is at most ``ppc.alpha``.
 
     Before any network call every map is checked against the model's input reference
     (``reference``: a file; default: the shipped one of the checkpoint, or the check is
@@ -172,9 +179,13 @@ def infer_arrays(
             post = recalibrate(post, recal, model, t_arr)
         extra = {"source": str(p), "index": i, "model": model.source}
         extra.update(with_input_check(post.summary, checks[k]))
+        record = None if ppc is None else run_ppc(model, post.theta, x, ppc, out / name)
+        if record is not None:
+            extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
         save_posterior(post, out / name, names, t_arr, extra)
         log(f"{name}:")
         log(format_posterior(post.summary, names))
+        report_ppc(record, log)
         results.append(post.summary)
     return results
 
@@ -197,6 +208,9 @@ class PosteriorJob:
     input_check: dict[str, Any] | None = None
     """The map's input-check record (:mod:`diffhmc.inference.input_check`), made before
     the batch started; saved in ``summary.json``."""
+    ppc: PPCConfig | None = None
+    """Settings of the posterior-predictive check (:mod:`diffhmc.workflows.ppc`; ``None``:
+    none): ``ppc`` in ``summary.json`` and ``ppc.png``."""
 
 
 _MODEL_LOCK = threading.Lock()
@@ -231,8 +245,12 @@ def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> Non
     post = infer_map(model, job.density, job.cfg, truth=truth)
     if job.recal is not None:
         post = recalibrate(post, job.recal, model, truth)
-    extra = {**job.extra, "seconds": time.perf_counter() - t0}
+    extra = dict(job.extra)
     extra.update(with_input_check(post.summary, job.input_check))
+    if job.ppc is not None:
+        record = run_ppc(model, post.theta, job.density, job.ppc, folder)
+        extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
+    extra["seconds"] = time.perf_counter() - t0
     save_posterior(post, folder, list(model.space.names), job.truth, extra)
 
 
