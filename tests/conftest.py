@@ -70,3 +70,22 @@ TINY_TRAIN_OVERRIDES = [
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny dataset and a 2-step emulator trained on it through the CLI:
+    ``(dataset folder, checkpoint)``; shared by every test that runs posteriors."""
+    from diffhmc.cli.main import main
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    ds = make_tiny_dataset(root / "ds")
+    run = root / "run"
+    args = ["train", *TINY_TRAIN_OVERRIDES, f"--set=dataset={ds}", "--set=max_steps=2"]
+    assert main([*args, "--out", str(run)]) == 0
+    return ds, run / "checkpoints" / "last.pt"
+
+
+TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
+"""Short posterior options for ``diffhmc infer`` on :func:`tiny_model`."""
+

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_INFER
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
@@ -183,21 +184,6 @@ def test_prepare_map_errors() -> None:
         InferenceConfig(method="hmc")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
-
-    from diffhmc.cli.main import main
-
-    root = tmp_path_factory.mktemp("infer")
-    ds = make_tiny_dataset(root / "ds")
-    run = root / "run"
-    args = ["train", *TINY_TRAIN_OVERRIDES, f"--set=dataset={ds}", "--set=max_steps=2"]
-    assert main([*args, "--out", str(run)]) == 0
-    return ds, run / "checkpoints" / "last.pt"
-
-
-TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
 
 
 def test_cli_infer_files_and_dataset_resume(

@@ -183,20 +183,6 @@ def test_dataset_batch_is_refused_before_anything_is_written(tmp_path: Path) -> 
     assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
-
-    from diffhmc.cli.main import main
-
-    root = tmp_path_factory.mktemp("check")
-    ds = make_tiny_dataset(root / "ds")
-    run = root / "run"
-    args = ["train", *TINY_TRAIN_OVERRIDES, f"--set=dataset={ds}", "--set=max_steps=1"]
-    assert main([*args, "--out", str(run)]) == 0
-    return ds, run / "checkpoints" / "last.pt"
-
-
 def test_override_runs_the_posterior_and_records_the_check(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_INFER
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.evaluation.predictive import loo_distances, predictive_scores
@@ -173,21 +174,6 @@ def test_config_draws_and_warning() -> None:
     assert "not computed" in str(ppc_warning({"score": None, "error": "constant map"}))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import TINY_TRAIN_OVERRIDES, make_tiny_dataset
-
-    from diffhmc.cli.main import main
-
-    root = tmp_path_factory.mktemp("ppc")
-    ds = make_tiny_dataset(root / "ds")
-    run = root / "run"
-    args = ["train", *TINY_TRAIN_OVERRIDES, f"--set=dataset={ds}", "--set=max_steps=2"]
-    assert main([*args, "--out", str(run)]) == 0
-    return ds, run / "checkpoints" / "last.pt"
-
-
-TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
 RECORD_KEYS = {
     "score",
     "per_statistic",

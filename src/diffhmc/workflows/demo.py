@@ -16,7 +16,7 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import save_figure, save_json, save_npy
 from diffhmc.core.runs import Log
 from diffhmc.inference.config import InferenceConfig
-from diffhmc.inference.input_check import input_screen, with_input_check
+from diffhmc.inference.input_check import input_screen
 from diffhmc.inference.posterior import infer_map
 from diffhmc.inference.recalibration import (
     Recalibration,
@@ -24,9 +24,9 @@ from diffhmc.inference.recalibration import (
 )
 from diffhmc.plots.stats import maps_grid_figure
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
-from diffhmc.workflows.infer import format_posterior, save_posterior
+from diffhmc.workflows.infer import check_fields, format_posterior, save_posterior
 from diffhmc.workflows.maps import compare_statistics, simulate_to_folder
-from diffhmc.workflows.ppc import PPCConfig, report_ppc, run_ppc, with_ppc
+from diffhmc.workflows.ppc import PPCConfig, report_ppc
 
 
 def inference_demo(
@@ -83,10 +83,8 @@ def inference_demo(
     if recal is not None:
         post = recalibrate(post, recal, model, truth)
     names = list(model.space.names)
-    extra = {"model": model.source, "seed": seed, **with_input_check(post.summary, check)}
-    record = None if ppc is None else run_ppc(model, post.theta, x, ppc, out / "posterior")
-    if record is not None:
-        extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
+    fields, record = check_fields(model, post, x, check, ppc, out / "posterior")
+    extra = {"model": model.source, "seed": seed, **fields}
     save_posterior(post, out / "posterior", names, truth, extra)
     log("posterior:")
     log(format_posterior(post.summary, names))

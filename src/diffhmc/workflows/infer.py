@@ -48,6 +48,7 @@ __all__ = [
     "format_posterior",
     "PosteriorJob",
     "run_posterior_job",
+    "check_fields",
     "worker_model",
     "recalibration_for",
 ]
@@ -177,11 +178,8 @@ def infer_arrays(
             post = infer_map(model, x, cfg, truth=t_arr, progress=True, log=log)
         if recal is not None:
             post = recalibrate(post, recal, model, t_arr)
-        extra = {"source": str(p), "index": i, "model": model.source}
-        extra.update(with_input_check(post.summary, checks[k]))
-        record = None if ppc is None else run_ppc(model, post.theta, x, ppc, out / name)
-        if record is not None:
-            extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
+        fields, record = check_fields(model, post, x, checks[k], ppc, out / name)
+        extra = {"source": str(p), "index": i, "model": model.source, **fields}
         save_posterior(post, out / name, names, t_arr, extra)
         log(f"{name}:")
         log(format_posterior(post.summary, names))
@@ -235,6 +233,25 @@ def worker_model(path: str | None, device: str = "cpu", use_ema: bool = True) ->
         return _cached_model(str(p), device, use_ema, stamp)
 
 
+def check_fields(
+    model: Any,
+    post: Posterior,
+    density: np.ndarray,
+    input_check: dict[str, Any] | None,
+    ppc: PPCConfig | None,
+    folder: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The ``summary.json`` fields of a finished posterior's checks: the input check's
+    record (made before the posterior; ``None``: none) and, when ``ppc`` is set, the
+    posterior-predictive check run now into ``folder`` (``ppc.png``), each with its
+    warnings appended to the posterior's. Returns ``(fields, ppc record or None)``."""
+    fields = with_input_check(post.summary, input_check)
+    record = None if ppc is None else run_ppc(model, post.theta, density, ppc, folder)
+    if record is not None:
+        fields = with_ppc({"warnings": post.summary.get("warnings", []), **fields}, record)
+    return fields, record
+
+
 def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> None:
     """One batch posterior into ``folder`` (``summary.json`` written last); ``model``
     defaults to this process's cached copy of ``job.model_path``."""
@@ -245,11 +262,8 @@ def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> Non
     post = infer_map(model, job.density, job.cfg, truth=truth)
     if job.recal is not None:
         post = recalibrate(post, job.recal, model, truth)
-    extra = dict(job.extra)
-    extra.update(with_input_check(post.summary, job.input_check))
-    if job.ppc is not None:
-        record = run_ppc(model, post.theta, job.density, job.ppc, folder)
-        extra = with_ppc({"warnings": post.summary.get("warnings", []), **extra}, record)
+    fields, _ = check_fields(model, post, job.density, job.input_check, job.ppc, folder)
+    extra = {**job.extra, **fields}
     extra["seconds"] = time.perf_counter() - t0
     save_posterior(post, folder, list(model.space.names), job.truth, extra)
 
