@@ -54,20 +54,26 @@ OUT = Path(__file__).parent / "results" / "estimator_study"
 TARGET = 0.3
 
 
+def located_mode(
+    model: Any, density: np.ndarray, cfg: InferenceConfig
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``(map likelihood, mode (P,), precision in theta (P, P))`` of the quadratic fit to
+    the exact bound over the locate step's design (the surrogate's quadratic part)."""
+    like, _, z_design, y_design = locate_map(model, density, cfg, lambda _m: None)
+    sur = QuadraticGPSurrogate(BoxTransform.to_unit(z_design).numpy(), y_design.numpy())
+    width = model.space.high - model.space.low
+    mode = model.space.low + width * sur.mode.numpy()
+    return like, mode, precision_in_theta(sur.precision.numpy(), width)
+
+
 def measure_map(
     model: Any, density: np.ndarray, ks: list[int], draws: list[int], m0: int, seed: int
 ) -> dict[str, Any]:
     """Mode, posterior sd and the Laplace scatter for every K in ``ks`` and M in ``draws``."""
-    space = model.space
-    width = space.high - space.low
     out: dict[str, Any] = {}
     for k in ks:
         t0 = time.perf_counter()
-        cfg = InferenceConfig(n_timesteps=k)
-        like, _, z_design, y_design = locate_map(model, density, cfg, lambda _m: None)
-        sur = QuadraticGPSurrogate(BoxTransform.to_unit(z_design).numpy(), y_design.numpy())
-        mode = space.low + width * sur.mode.numpy()
-        h = precision_in_theta(sur.precision.numpy(), width)
+        like, mode, h = located_mode(model, density, InferenceConfig(n_timesteps=k))
         if not isinstance(like.bound, BoundLikelihood):
             raise SystemExit("the estimator study measures the plain bound (noise_std = 0)")
         bound = BoundLikelihood(
@@ -100,16 +106,12 @@ def measure_map(
 def seed_check(model: Any, density: np.ndarray, ks: list[int], seeds: list[int]) -> dict[str, Any]:
     """The direct measurement the Laplace estimate predicts: the located posterior mode
     (quadratic fit to the exact bound, M = 1) for several noise seeds, per K."""
-    space = model.space
-    width = space.high - space.low
     out: dict[str, Any] = {}
     for k in ks:
         modes = []
         for s in seeds:
-            cfg = InferenceConfig(n_timesteps=k, noise_seed=s)
-            _, _, z_design, y_design = locate_map(model, density, cfg, lambda _m: None)
-            sur = QuadraticGPSurrogate(BoxTransform.to_unit(z_design).numpy(), y_design.numpy())
-            modes.append((space.low + width * sur.mode.numpy()).tolist())
+            _, mode, _ = located_mode(model, density, InferenceConfig(n_timesteps=k, noise_seed=s))
+            modes.append(mode.tolist())
         out[str(k)] = {"seeds": seeds, "modes": modes}
     return out
 

@@ -44,7 +44,7 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import SHIPPED_MODELS_DIR, load_json, save_json
 from diffhmc.core.prior import ParamSpace
 from diffhmc.emulator.checkpoint import model_sha256
-from diffhmc.inference.diagnostics import inference_data, summarize_draws, weighted_summary
+from diffhmc.inference.diagnostics import inference_data, summarize_draws
 from diffhmc.inference.result import Posterior, truth_array
 from diffhmc.inference.widening import coverage, fit_widening, widen
 
@@ -252,8 +252,7 @@ def recalibrate(
     """``post`` widened by a fitted :class:`Recalibration` (:meth:`Recalibration.apply`).
 
     Refuses (:class:`DiffHMCError`) a recalibration fitted for other parameters, another
-    model (by the checkpoint file's SHA-256) or other bound settings. The draws (the chains
-    and, for an importance-weighted posterior, the weighted exact-check draws), the summary
+    model (by the checkpoint file's SHA-256) or other bound settings. The draws, the summary
     and the InferenceData are recomputed from the widened draws; the summary keeps the
     raw posterior's parameters under ``recalibration.raw_parameters``.
     """
@@ -264,15 +263,6 @@ def recalibrate(
     summary = {**post.summary, **summarize_draws(theta, names, post.diverging, truth_arr)}
     summary["warnings"] = list(post.summary.get("warnings", []))
     out = replace(post, theta=theta, summary=summary)
-    if post.summary.get("posterior_from") == "importance_weighted":
-        assert post.corrected_theta is not None and post.corrected_log_weights is not None
-        lw = post.corrected_log_weights
-        w = np.exp(lw - lw.max())
-        out.corrected_theta = recal.apply(post.corrected_theta, model.space, weights=w)
-        weighted = weighted_summary(out.corrected_theta, lw, names, truth_arr)
-        summary["parameters"] = {
-            n: {**summary["parameters"][n], **weighted["parameters"][n]} for n in names
-        }
     summary["posterior_from"] = f"{post.summary.get('posterior_from', 'chains')}, recalibrated"
     summary["recalibration"] = {
         "factors": dict(zip(names, recal.factors, strict=True)),

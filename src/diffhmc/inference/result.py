@@ -36,9 +36,6 @@ class Posterior:
     """``(C, S, P)`` NUTS draws (on the surrogate when ``method="surrogate"``)."""
     summary: dict[str, Any]
     idata: Any
-    corrected_theta: np.ndarray | None = None
-    """``(N, P)`` draws at which the exact ``log L`` was evaluated (surrogate method)."""
-    corrected_log_weights: np.ndarray | None = None
     design_theta: np.ndarray | None = None
     design_loglik: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)

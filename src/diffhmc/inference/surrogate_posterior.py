@@ -81,8 +81,8 @@ def surrogate_posterior(
 ) -> Posterior:
     """The surrogate method's posterior of ``like`` from the locate design ``z_design
     (N, P)``, ``y_design (N,)`` (module docstring). ``summary["posterior_from"]`` says
-    whether the surrogate chains (validated) or the importance-weighted exact-check draws
-    (``corrected_theta``, ``corrected_log_weights``) are the posterior;
+    whether the surrogate chains (validated) or the exact bound on a grid
+    (:func:`exact_grid_posterior`) are the posterior;
     ``summary["exact_check"]`` records the check; NUTS and correction seconds are added
     to ``timings``."""
     tr = potential.transform
@@ -140,7 +140,6 @@ def surrogate_posterior(
         summary["nuts"] = res.stats()
         summary["exact_check"] = exact_check
         post = Posterior(theta=theta, summary=summary, idata=None, diverging=res.diverging)
-        post.corrected_theta, post.corrected_log_weights = thc, lw
     else:
         say(
             f"the surrogate misses the exact bound by {spread:.2f} nats (rms) after {attempt} "
