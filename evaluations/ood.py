@@ -19,7 +19,16 @@ recorded). Shifted kinds, each made from those maps or from new simulations:
 A map is flagged when the verdict is not "ok" (warn or refuse). Every rate comes with its
 Wilson 95% interval. Simulations are kept under ``--work`` (resumable).
 
+``--typicality`` adds the typicality check (:mod:`diffhmc.inference.typicality`) on the
+first ``--typ-n-in`` in-distribution maps (false alarms) and the first ``--typ-n-kind`` maps
+of every kind that the input check lets through to a posterior (verdict not "refuse").
+Each map's bound is maximised from the shipped NPE's mean and sd, as the reference was made
+(``diffhmc infer`` starts from the posterior's mean and sd instead). Per-map results are
+cached under ``--work`` (resumable); ``report.json`` gets ``typicality`` and ``combined``
+(flagged by either check) sections, ``typicality.png`` the z-scores.
+
     python evaluations/ood.py          # -> evaluations/results/ood/{report.json,report.md,ood.png}
+    python evaluations/ood.py --typicality
 """
 
 from __future__ import annotations
@@ -124,6 +133,92 @@ def figure(ref: Any, points: dict[str, np.ndarray], report: dict[str, Any]) -> F
     return fig
 
 
+def typicality_results(
+    args: argparse.Namespace, model: Any, ref: Any, maps: dict[str, np.ndarray]
+) -> dict[str, list[dict[str, Any]]]:
+    """The typicality record of every map in ``maps`` (``{kind: (n, H, W)}``), cached per map
+    in ``args.work / typicality_cache.json``."""
+    from diffhmc.baselines.api import load_baseline, shipped_baseline
+    from diffhmc.core.fileio import load_json
+    from diffhmc.inference.typicality import TypicalityReference, typicality_record
+
+    if ref.typicality is None:
+        raise SystemExit(f"error: {args.reference} has no typicality section")
+    tref = TypicalityReference(ref.typicality)
+    npe = load_baseline(shipped_baseline("npe"))
+    cache_path = args.work / "typicality_cache.json"
+    cache: dict[str, Any] = load_json(cache_path) if cache_path.is_file() else {}
+    total = sum(len(m) for m in maps.values())
+    todo = total - sum(f"{k}/{i}" in cache for k, m in maps.items() for i in range(len(m)))
+    t0, done = time.perf_counter(), 0
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, stack in maps.items():
+        out[kind] = []
+        for i, m in enumerate(stack):
+            key = f"{kind}/{i}"
+            if key not in cache:
+                est = npe.predict(m[None], seed=i)
+                cache[key] = typicality_record(model, m, est["mean"][0], est["std"][0], tref)
+                save_json(cache_path, cache)
+                done += 1
+                rate_s = (time.perf_counter() - t0) / done
+                print(
+                    f"typicality {key}: z = {cache[key]['z']:+.2f}; {done}/{todo}, "
+                    f"{rate_s:.1f} s/map, ETA {(todo - done) * rate_s / 60:.1f} min",
+                    flush=True,
+                )
+            out[kind].append(cache[key])
+    return out
+
+
+def typicality_report(
+    typ: dict[str, list[dict[str, Any]]], checks: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(typicality, combined)`` report sections: per kind the rate of atypical maps, and
+    the rate flagged by either check (input verdict not ok, or atypical)."""
+
+    def section(kind: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
+        z = np.array([r["z"] for r in recs])
+        return {
+            "rate": rate([r["atypical"] for r in recs]),
+            "z_median": float(np.median(z)),
+            "z_range": [float(z.min()), float(z.max())],
+            "atypical_low": int(sum(r["atypical"] and r["z"] < 0 for r in recs)),
+            "atypical_high": int(sum(r["atypical"] and r["z"] > 0 for r in recs)),
+        }
+
+    typicality = {k: section(k, recs) for k, recs in typ.items()}
+    combined = {
+        k: rate(
+            [
+                r["atypical"] or c["verdict"] != "ok"
+                for r, c in zip(recs, checks[k][: len(recs)], strict=True)
+            ]
+        )
+        for k, recs in typ.items()
+    }
+    return typicality, combined
+
+
+def typicality_figure(typ: dict[str, list[dict[str, Any]]], alpha: float) -> Figure:
+    from scipy.stats import norm
+
+    fig = Figure(figsize=(8, 0.5 * len(typ) + 1.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    zc = float(norm.isf(alpha / 2))
+    for j, recs in enumerate(typ.values()):
+        z = np.array([r["z"] for r in recs])
+        ax.scatter(z, j + 0.15 * np.random.default_rng(j).standard_normal(len(z)), s=8)
+    ax.axvspan(-zc, zc, color="0.9", zorder=0, label=f"typical (p > {alpha})")
+    ax.set_yticks(range(len(typ)), [f"{k} (n={len(v)})" for k, v in typ.items()])
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=3)
+    ax.set(xlabel="typicality z (bound per pixel vs reference at the same theta)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ood")
@@ -132,6 +227,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1802, help="in-distribution design seed")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reference", type=Path, default=SHIPPED_REFERENCE)
+    ap.add_argument("--typicality", action="store_true", help="add the typicality check")
+    ap.add_argument("--typ-n-in", type=int, default=60, help="in-distribution maps (typicality)")
+    ap.add_argument("--typ-n-kind", type=int, default=20, help="maps per shifted kind (typicality)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     model = load_model(None)
@@ -197,6 +295,33 @@ def main() -> None:
         "machine": machine_info(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.typicality:
+        checks = {"in_distribution": in_records, **results}
+        chosen = {"in_distribution": indist[: args.typ_n_in]}
+        for name, maps in kinds.items():
+            ok = [i for i, r in enumerate(results[name]) if r["verdict"] != "refuse"]
+            if ok:
+                chosen[name] = maps[ok[: args.typ_n_kind]]
+                checks[name] = [results[name][i] for i in ok[: args.typ_n_kind]]
+        typ = typicality_results(args, model, ref, chosen)
+        section, combined = typicality_report(typ, checks)
+        report["typicality"] = {
+            "false_alarm_rate": section["in_distribution"]["rate"],
+            "kinds": {k: v for k, v in section.items() if k != "in_distribution"},
+            "in_distribution": section["in_distribution"],
+            "maps": "first typ_n_in in-distribution maps; per kind the first typ_n_kind maps "
+            "the input check does not refuse",
+            "start": "shipped NPE mean and sd (Baseline.predict, seed = map index)",
+            "alpha": ref.typicality["alpha"],
+            "reference_maps": ref.typicality["n_maps"],
+        }
+        report["combined"] = {
+            "what": "flagged by the input check (warn or refuse) or atypical, on the maps "
+            "the input check lets through",
+            "false_alarm_rate": combined["in_distribution"],
+            "detection_rate": {k: v for k, v in combined.items() if k != "in_distribution"},
+        }
+        save_figure(args.out / "typicality.png", typicality_figure(typ, ref.typicality["alpha"]))
     save_json(args.out / "report.json", report)
     lines = [
         "| maps | n | flagged (warn or refuse) [Wilson 95%] | refused | statistics that fired |",
@@ -210,6 +335,23 @@ def main() -> None:
             f"| {name} | {k['n']} | {d['rate']:.2f} [{d['wilson95'][0]:.2f}, "
             f"{d['wilson95'][1]:.2f}] | {rr['rate']:.2f} | {fired} |"
         )
+    if args.typicality:
+        lines += [
+            "",
+            "| maps (typicality) | n | atypical [Wilson 95%] | low / high | either check |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        tsec = {"in-distribution (false alarms)": report["typicality"]["in_distribution"]}
+        csec = {"in-distribution (false alarms)": report["combined"]["false_alarm_rate"]}
+        tsec.update(report["typicality"]["kinds"])
+        csec.update(report["combined"]["detection_rate"])
+        for name, t in tsec.items():
+            r, c = t["rate"], csec[name]
+            lines.append(
+                f"| {name} | {r['n']} | {r['rate']:.2f} [{r['wilson95'][0]:.2f}, "
+                f"{r['wilson95'][1]:.2f}] | {t['atypical_low']} / {t['atypical_high']} | "
+                f"{c['rate']:.2f} [{c['wilson95'][0]:.2f}, {c['wilson95'][1]:.2f}] |"
+            )
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     joint = ("mean", "diff_std")
     points = {

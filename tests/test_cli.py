@@ -103,3 +103,19 @@ def test_overrides_parse_scientific_notation() -> None:
 
     cfg = load_train_config(None, ["lr=3e-4", "model.base_channels=16", "loss=huber"])
     assert cfg.lr == 3e-4 and cfg.model.base_channels == 16 and cfg.loss == "huber"
+
+
+def test_inference_options_default_to_the_library_defaults() -> None:
+    """The CLI's inference defaults are InferenceConfig's (one home for a default)."""
+    import argparse
+
+    from diffhmc.cli.common import add_inference_args, inference_config
+    from diffhmc.inference.config import InferenceConfig
+
+    p = argparse.ArgumentParser()
+    add_inference_args(p)
+    got, want = inference_config(p.parse_args([])).to_dict(), InferenceConfig().to_dict()
+    for key in ("method", "timesteps", "n_draws", "noise_seed", "full_bound", "temperature"):
+        assert got[key] == want[key], key
+    assert got.get("antithetic", False) == want.get("antithetic", False)
+    assert got["nuts"]["n_chains"] == want["nuts"]["n_chains"]

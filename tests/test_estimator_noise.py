@@ -68,3 +68,37 @@ def test_laplace_scatter_known_values() -> None:
     width = np.array([0.4, 0.4])
     ht = precision_in_theta(hu, width)
     np.testing.assert_allclose(ht, hu / 0.16)
+
+
+def _x_blind_eps(x_t: torch.Tensor, t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """An eps-model that ignores ``x_t``: ``c(theta)`` in every pixel. Its term gradient
+    ``-2 w_t (eps - c) . dc/dtheta`` is odd in ``eps`` around its mean."""
+    c = (theta[:, :1] * 0.3 + theta[:, 1:] ** 2 * 0.1).reshape(-1, 1, 1, 1)
+    return c.expand_as(x_t).to(x_t.dtype)
+
+
+def test_antithetic_pairs_are_negated_and_cancel_the_odd_gradient_noise() -> None:
+    sched = NoiseSchedule(ScheduleConfig(n_steps=100))
+    x0 = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = {"timesteps": [1, 2, 5], "n_draws": 8, "seed": 3}
+    anti = BoundLikelihood(_x_blind_eps, sched, x0, antithetic=True, **kw)
+    torch.testing.assert_close(anti.eps[4:], -anti.eps[:4])
+    theta = torch.tensor([0.7, 1.3])
+    g = anti.term_gradients(theta)  # (8, 3, 2)
+    pairs = 0.5 * (g[:4] + g[4:])
+    ind = BoundLikelihood(_x_blind_eps, sched, x0, **kw).term_gradients(theta)
+    assert float(ind.std(0).min()) > 1e-2  # independent draws scatter
+    assert float(pairs.std(0).max()) < 1e-6 * float(ind.std(0).min())  # pairs do not
+    with pytest.raises(DiffHMCError, match="even n_draws, got 3"):
+        BoundLikelihood(_x_blind_eps, sched, x0, n_draws=3, antithetic=True)
+
+
+def test_antithetic_setting_is_validated_and_saved_only_when_on() -> None:
+    from diffhmc.inference.config import InferenceConfig
+
+    assert "antithetic" not in InferenceConfig().to_dict()
+    assert InferenceConfig(n_draws=2, antithetic=True).to_dict()["antithetic"] is True
+    with pytest.raises(DiffHMCError, match="even n_draws, got 1"):
+        InferenceConfig(antithetic=True)
+    with pytest.raises(DiffHMCError, match="true or false"):
+        InferenceConfig(n_draws=2, antithetic=1)  # type: ignore[arg-type]

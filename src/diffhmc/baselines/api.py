@@ -114,7 +114,6 @@ def check_maps(maps: Any, resolution: int) -> np.ndarray:
     return a
 
 
-
 class Baseline:
     """A trained baseline rebuilt from its checkpoint; :meth:`predict` is the entry point."""
 

@@ -60,7 +60,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-
 @dataclass
 class _Data:
     """Training and validation tensors of one kind, plus what the checkpoint records."""
@@ -352,5 +351,3 @@ def _fit(
     }
     save_json(run / "history.json", summary)
     return summary
-
-

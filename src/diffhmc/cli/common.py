@@ -94,6 +94,13 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
     g.add_argument(
+        "--antithetic",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="draw the bound's noise in +-eps pairs (needs an even --draws; cancels the "
+        "gradient noise that is odd in eps)",
+    )
+    g.add_argument(
         "--noise-seed",
         type=int,
         default=None,
@@ -145,6 +152,7 @@ def inference_config(args: argparse.Namespace) -> Any:
         method=args.method,
         n_timesteps=args.timesteps,
         n_draws=args.draws,
+        antithetic=args.antithetic,
         noise_seed=args.noise_seed,
         noise_std=getattr(args, "noise_std", 0.0),
         full_bound=args.full_bound,

@@ -272,7 +272,6 @@ def validate_tables(
     return p, sid, seeds.astype(np.int64), int(counts[0])
 
 
-
 def is_dataset_dir(path: Path) -> bool:
     """True if ``path/meta.json`` exists and names the diffhmc dataset format."""
     meta = path / "meta.json"

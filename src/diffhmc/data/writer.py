@@ -102,7 +102,6 @@ def _swap_into_place(staging: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-
 _README = """\
 diffhmc dataset (format {fmt}, version {version})
 =====================================================
@@ -139,6 +138,7 @@ the min/max of log10(maps) over the TRAINING split only (train maps lie in [-1, 
 Splits (by simulation, contiguous): train {n_train}, val {n_val}, test {n_test}
 simulations. Provenance source: {source}.
 """
+
 
 def _metadata(
     *,
@@ -218,7 +218,6 @@ def copy_maps(
     for a in range(0, int(src.shape[0]), step):
         chunk = src[a : a + step]
         dst[a : a + step] = chunk if transform is None else transform(chunk)
-
 
 
 def build_dataset(
@@ -316,9 +315,7 @@ def write_dataset(
     if not np.issubdtype(maps.dtype, np.floating):
         raise DiffHMCError(f"maps must hold floating-point column density, got {maps.dtype}")
     n, res = int(maps.shape[0]), int(maps.shape[-1])
-    p, sid, seeds, per_sim = validate_tables(
-        n, tuple(maps.shape), params, sim_id, sim_seeds, space
-    )
+    p, sid, seeds, per_sim = validate_tables(n, tuple(maps.shape), params, sim_id, sim_seeds, space)
     return build_dataset(
         target,
         (n, res, res),

@@ -41,6 +41,10 @@ class InferenceConfig:
     (all ``T`` terms) from this many importance-sampled timesteps (seeded by
     ``noise_seed``; :func:`diffhmc.inference.timesteps.importance_timesteps`)."""
     n_draws: int = 1
+    antithetic: bool = False
+    """Draw the bound's noise in ``+-eps`` pairs (``n_draws`` must be even): the part of the
+    gradient noise that is odd in ``eps`` cancels within a pair
+    (:meth:`diffhmc.inference.likelihood.BoundEstimator._setup`)."""
     noise_seed: int | None = None
     """Seed of the bound's fixed noise draws (common random numbers) and of the full bound's
     timesteps. ``None`` (default): derived from the map itself
@@ -90,6 +94,10 @@ class InferenceConfig:
             raise DiffHMCError(f"full_bound must be >= 0, got {self.full_bound}")
         names = ("n_timesteps", "n_draws", "n_correction", "coarse_grid", "max_batch")
         check_int_fields(self, dict.fromkeys(names, 1), "inference setting")
+        if not isinstance(self.antithetic, bool):
+            raise DiffHMCError(f"antithetic must be true or false, got {self.antithetic!r}")
+        if self.antithetic and self.n_draws % 2:
+            raise DiffHMCError(f"antithetic draws need an even n_draws, got {self.n_draws}")
         if self.coarse_grid < 3:
             raise DiffHMCError("coarse_grid must be >= 3")
         if isinstance(self.exact_grid, bool) or not isinstance(self.exact_grid, int):
@@ -149,10 +157,12 @@ class InferenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved with a result: every field (``timesteps`` spelled out, or
-        ``None`` for a full-bound estimate), ``bound_weights`` only when set (so the
-        settings of unit-weight runs read as before it existed)."""
+        ``None`` for a full-bound estimate), ``bound_weights`` and ``antithetic`` only when
+        set (so the settings of other runs read as before they existed)."""
         d = asdict(self)
         d["timesteps"] = None if self.full_bound else self.timestep_list()
+        if not self.antithetic:
+            del d["antithetic"]
         if self.bound_weights is None:
             del d["bound_weights"]
         else:

@@ -188,6 +188,11 @@ class InputScreen:
     note: str
     allow_out_of_range: bool = False
 
+    @property
+    def typicality(self) -> dict[str, Any] | None:
+        """The reference's typicality section (``None``: no reference, or none in it)."""
+        return None if self.reference is None else self.reference.typicality
+
     def run(self, maps: Sequence[tuple[str, np.ndarray]], log: Any = print) -> list[dict]:
         """:func:`screen_maps` with these settings: one record per ``(label, map)``."""
         return screen_maps(maps, self.reference, self.note, self.allow_out_of_range, log)

@@ -99,7 +99,8 @@ class InputReference:
 
     ``normalization``: the model's (the statistics are in its units); ``model_sha256``: the
     checkpoint it belongs to; ``floors``/``warn_widths``/``refuse_widths``: the rule (module
-    docstring); ``provenance``: how it was made (recorded, not used).
+    docstring); ``provenance``: how it was made (recorded, not used); ``typicality``: the typicality
+    check's reference, when the file has one.
     """
 
     normalization: Normalization
@@ -111,6 +112,9 @@ class InputReference:
     warn_widths: float = WARN_WIDTHS
     refuse_widths: float = REFUSE_WIDTHS
     provenance: dict[str, Any] = field(default_factory=dict)
+    typicality: dict[str, Any] | None = None
+    """The typicality check's reference (:func:`diffhmc.inference.typicality.fit_reference`),
+    or ``None`` when the file has none (the check is then skipped)."""
 
     def __post_init__(self) -> None:
         missing = [s for s in STATISTICS if s not in self.ranges or s not in self.floors]
@@ -173,6 +177,7 @@ class InputReference:
                 "points": np.round(np.asarray(self.points, dtype=np.float64), 6).tolist(),
             },
             "provenance": self.provenance,
+            **({"typicality": self.typicality} if self.typicality is not None else {}),
         }
 
     @classmethod
@@ -191,6 +196,7 @@ class InputReference:
                 warn_widths=float(d["rule"]["warn_widths"]),
                 refuse_widths=float(d["rule"]["refuse_widths"]),
                 provenance=dict(d.get("provenance") or {}),
+                typicality=d.get("typicality"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DiffHMCError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None

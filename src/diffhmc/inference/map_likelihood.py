@@ -110,6 +110,7 @@ class MapLikelihood:
                 n_draws=cfg.n_draws,
                 seed=self.noise_seed,
                 max_batch=cfg.max_batch,
+                antithetic=cfg.antithetic,
             )
             return
         weights: torch.Tensor | tuple[float, ...] | None = cfg.bound_weights
@@ -125,6 +126,7 @@ class MapLikelihood:
             seed=self.noise_seed,
             weights=weights,
             max_batch=cfg.max_batch,
+            antithetic=cfg.antithetic,
         )
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:

@@ -180,7 +180,8 @@ class NoisyBoundLikelihood(MapBound):
         sigma: the noise std in normalised units, ``> 0``.
         timesteps: distinct code indices in ``[t0, T)``, ``t0 = match.first_term``; default
             ``t0 .. t0 + 19`` (``K = 20`` terms from the matched time on, clipped at ``T``).
-        n_draws, seed, weights, max_batch: as :class:`diffhmc.inference.likelihood.BoundLikelihood`
+        n_draws, seed, weights, max_batch, antithetic: as
+            :class:`diffhmc.inference.likelihood.BoundLikelihood`
             (``eps'`` of shape ``(M, K, 1, H, W)`` from ``torch.Generator().manual_seed(seed)``).
 
     ``X_t^(m,k) = sqrt(alpha_bar[t_k]) y + sqrt(1 - alpha_bar[t_k] / a) eps'^(m,k)`` is
@@ -200,6 +201,7 @@ class NoisyBoundLikelihood(MapBound):
         seed: int = 0,
         weights: Sequence[float] | torch.Tensor | None = None,
         max_batch: int | None = None,
+        antithetic: bool = False,
     ) -> None:
         y = check_observed_map(eps_model, y, "y")
         self.match = match_noise_level(schedule, sigma)
@@ -210,7 +212,18 @@ class NoisyBoundLikelihood(MapBound):
             ts = [int(t) for t in timesteps]
         note = f" (the bound starts at the matched noise level t0 = {t0})"
         self._setup(
-            eps_model, schedule, y, ts, n_draws, seed, weights, max_batch, torch.float64, t0, note
+            eps_model,
+            schedule,
+            y,
+            ts,
+            n_draws,
+            seed,
+            weights,
+            max_batch,
+            torch.float64,
+            t0,
+            note,
+            antithetic,
         )
         k = len(ts)
         dev = y.device
@@ -276,6 +289,7 @@ class NoisyBoundLikelihood(MapBound):
         n_draws: int = 1,
         seed: int = 0,
         max_batch: int | None = None,
+        antithetic: bool = False,
     ) -> NoisyBoundLikelihood:
         """The bound with timesteps counted from the matched level: ``t0 + o`` for the
         ``offsets`` ``o`` (those past ``T`` dropped), or, if ``full_bound > 0``, an unbiased
@@ -307,6 +321,7 @@ class NoisyBoundLikelihood(MapBound):
             seed=seed,
             weights=weights,
             max_batch=max_batch,
+            antithetic=antithetic,
         )
 
     def elbo_offset(self) -> float:

@@ -27,6 +27,7 @@ def _check_box_size(box_size: float) -> float:
         raise DiffHMCError(f"box_size must be a positive finite number, got {box_size!r}")
     return value
 
+
 # ----------------------------------------------------------------------------- power spectrum
 
 

@@ -40,7 +40,8 @@ TABLE_KEYS = ("truth", "mean", "std", "rhat", "ess_bulk", "z_score")
 def summary_table(rows: Sequence[tuple[int, int, dict[str, Any]]], names: Sequence[str]) -> list:
     """One table row per ``(sim, row, summary)``: truth, mean, std, R-hat, bulk ESS, z,
     95% interval per parameter, seconds, the number of warnings and the
-    posterior-predictive check's score (empty without one)."""
+    posterior-predictive check's score and the typicality check's p (empty without
+    them)."""
     table = []
     for sim, row, summary in rows:
         entry: dict[str, Any] = {"sim": sim, "row": row}
@@ -52,6 +53,7 @@ def summary_table(rows: Sequence[tuple[int, int, dict[str, Any]]], names: Sequen
         entry["seconds"] = summary.get("timings", {}).get("total_s")
         entry["warnings"] = len(summary.get("warnings", []))
         entry["ppc_score"] = (summary.get("ppc") or {}).get("score")
+        entry["typicality_p"] = (summary.get("typicality") or {}).get("p")
         table.append(entry)
     return table
 
@@ -174,6 +176,7 @@ def infer_dataset(
             recal=recal,
             input_check=check,
             ppc=ppc,
+            typicality=screen.typicality,
             **where,
         )
         jobs.append(Job(name, out / name, payload))

@@ -24,7 +24,12 @@ from diffhmc.inference.recalibration import (
 )
 from diffhmc.plots.stats import maps_grid_figure
 from diffhmc.simulation.simulator import SimConfig, simulate_maps
-from diffhmc.workflows.infer import check_fields, format_posterior, save_posterior
+from diffhmc.workflows.infer import (
+    check_fields,
+    format_posterior,
+    save_posterior,
+    typicality_line,
+)
 from diffhmc.workflows.maps import compare_statistics, simulate_to_folder
 from diffhmc.workflows.ppc import PPCConfig, report_ppc
 
@@ -83,11 +88,14 @@ def inference_demo(
     if recal is not None:
         post = recalibrate(post, recal, model, truth)
     names = list(model.space.names)
-    fields, record = check_fields(model, post, x, check, ppc, out / "posterior")
+    fields, record = check_fields(model, post, x, check, ppc, out / "posterior", screen.typicality)
     extra = {"model": model.source, "seed": seed, **fields}
     save_posterior(post, out / "posterior", names, truth, extra)
     log("posterior:")
     log(format_posterior(post.summary, names))
+    line = typicality_line(fields)
+    if line is not None:
+        log(line)
     report_ppc(record, log)
     mean = np.array([post.summary["parameters"][n]["mean"] for n in names])
     theta = torch.tensor(model.space.normalize(mean), dtype=torch.float32).expand(n_emulated, -1)

@@ -39,6 +39,7 @@ from diffhmc.inference.recalibration import (
     shipped_recalibration,
 )
 from diffhmc.inference.result import Posterior
+from diffhmc.inference.typicality import TypicalityReference, typicality_record
 from diffhmc.plots.inference import corner_figure, grid_figure, trace_figure
 from diffhmc.workflows.ppc import PPCConfig, report_ppc, run_ppc, with_ppc
 
@@ -49,6 +50,7 @@ __all__ = [
     "PosteriorJob",
     "run_posterior_job",
     "check_fields",
+    "typicality_line",
     "worker_model",
     "recalibration_for",
 ]
@@ -178,11 +180,14 @@ def infer_arrays(
             post = infer_map(model, x, cfg, truth=t_arr, progress=True, log=log)
         if recal is not None:
             post = recalibrate(post, recal, model, t_arr)
-        fields, record = check_fields(model, post, x, checks[k], ppc, out / name)
+        fields, record = check_fields(model, post, x, checks[k], ppc, out / name, screen.typicality)
         extra = {"source": str(p), "index": i, "model": model.source, **fields}
         save_posterior(post, out / name, names, t_arr, extra)
         log(f"{name}:")
         log(format_posterior(post.summary, names))
+        line = typicality_line(fields)
+        if line is not None:
+            log(line)
         report_ppc(record, log)
         results.append(post.summary)
     return results
@@ -209,6 +214,9 @@ class PosteriorJob:
     ppc: PPCConfig | None = None
     """Settings of the posterior-predictive check (:mod:`diffhmc.workflows.ppc`; ``None``:
     none): ``ppc`` in ``summary.json`` and ``ppc.png``."""
+    typicality: dict[str, Any] | None = None
+    """The typicality reference (the input reference file's ``typicality`` section;
+    ``None``: the check is skipped)."""
 
 
 _MODEL_LOCK = threading.Lock()
@@ -240,16 +248,40 @@ def check_fields(
     input_check: dict[str, Any] | None,
     ppc: PPCConfig | None,
     folder: Path,
+    typicality: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The ``summary.json`` fields of a finished posterior's checks: the input check's
-    record (made before the posterior; ``None``: none) and, when ``ppc`` is set, the
+    record (made before the posterior; ``None``: none), the typicality check at the
+    posterior's mean and sd when ``typicality`` (the reference file's section; ``None``:
+    skipped) is given (:mod:`diffhmc.inference.typicality`), and, when ``ppc`` is set, the
     posterior-predictive check run now into ``folder`` (``ppc.png``), each with its
     warnings appended to the posterior's. Returns ``(fields, ppc record or None)``."""
     fields = with_input_check(post.summary, input_check)
+    fields = {"warnings": post.summary.get("warnings", []), **fields}
+    if typicality is not None:
+        draws = post.theta.reshape(-1, post.theta.shape[-1])
+        rec = typicality_record(
+            model, density, draws.mean(axis=0), draws.std(axis=0), TypicalityReference(typicality)
+        )
+        fields["typicality"] = rec
+        if rec["warning"] is not None:
+            fields["warnings"] = [*fields["warnings"], rec["warning"]]
     record = None if ppc is None else run_ppc(model, post.theta, density, ppc, folder)
     if record is not None:
-        fields = with_ppc({"warnings": post.summary.get("warnings", []), **fields}, record)
+        fields = with_ppc(fields, record)
     return fields, record
+
+
+def typicality_line(fields: dict[str, Any]) -> str | None:
+    """One printed line of a typicality record in ``fields`` (``None``: no check)."""
+    rec = fields.get("typicality")
+    if rec is None:
+        return None
+    verdict = "ATYPICAL" if rec["atypical"] else "typical"
+    return (
+        f"typicality: {verdict} (bound {rec['bound_per_pixel']:.4f} nats/pixel, expected "
+        f"{rec['expected']:.4f} at these parameters, z = {rec['z']:+.2f}, p = {rec['p']:.2g})"
+    )
 
 
 def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> None:
@@ -262,7 +294,9 @@ def run_posterior_job(job: PosteriorJob, folder: Path, model: Any = None) -> Non
     post = infer_map(model, job.density, job.cfg, truth=truth)
     if job.recal is not None:
         post = recalibrate(post, job.recal, model, truth)
-    fields, _ = check_fields(model, post, job.density, job.input_check, job.ppc, folder)
+    fields, _ = check_fields(
+        model, post, job.density, job.input_check, job.ppc, folder, job.typicality
+    )
     extra = {**job.extra, **fields}
     extra["seconds"] = time.perf_counter() - t0
     save_posterior(post, folder, list(model.space.names), job.truth, extra)

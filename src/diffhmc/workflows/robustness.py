@@ -266,5 +266,3 @@ def run_robustness(
     write_outputs(out, table, cfg, names, picks)
     log(f"robustness table and figure in {out}")
     return table
-
-
