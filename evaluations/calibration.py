@@ -19,12 +19,28 @@ draws thinned to about 400 (as the runs' records always kept).
     python evaluations/calibration.py --n 60 --timesteps 10          # resumable
     python evaluations/calibration.py --report-only                    # figure + JSON
     python evaluations/calibration.py --device cuda --workers 8 --timesteps 20 --draws 4
+
+The fresh, pre-registered calibration at the inference defaults (issue 14) has three steps,
+outputs in ``evaluations/results/calibration_default/``:
+
+    python evaluations/calibration.py --register      # preregistration.json + the dataset
+    python evaluations/calibration.py --preregistered # the posteriors (resumable, run once)
+    python evaluations/calibration.py --preregistered --report-only   # report.json + figure
+
+``--register`` writes ``preregistration.json`` before any posterior exists: the design and
+simulation seeds (new, checked against every seed this project used before), the number of
+maps, the model's SHA-256, the settings (``InferenceConfig()``: the library defaults), the
+metrics and the target. ``--preregistered`` runs exactly those settings (refusing any
+other), with the posterior-predictive check (:class:`diffhmc.workflows.ppc.PPCConfig`
+defaults) and the typicality check on every map, so the same run measures their false
+alarms. The report keeps the raw numbers (no recalibration, no temperature).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +56,12 @@ from diffhmc.evaluation import metrics
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.workflows.batch_infer import infer_dataset, load_batch_run
+from diffhmc.workflows.calibration import posterior_sample, raw_calibration
+from diffhmc.workflows.ppc import PPCConfig
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
     "note": "paper: CAMELS 256^2 maps, HMC with the K=20 bound; no coverage reported",
 }
-KEEP_DRAWS = 400
 
 
 def run(args: argparse.Namespace) -> None:
@@ -67,20 +84,137 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-def posterior_sample(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The draws ``(N, P)`` and normalised weights ``(N,)`` of the posterior a map's summary
-    reports: the chain draws thinned to about :data:`KEEP_DRAWS` (equal weights), or for an
-    importance-weighted posterior its weighted draws. The flag says whether those were
-    missing from the folder: then the thinned chain draws stand in."""
-    d = rec["draws"].reshape(-1, rec["draws"].shape[-1])
-    d = d[:: max(1, len(d) // KEEP_DRAWS)]
-    if rec["summary"].get("posterior_from") == "importance_weighted":
-        if rec["weighted"] is not None:
-            theta, lw = rec["weighted"]
-            w = np.exp(lw - lw.max())
-            return theta, w / w.sum(), False
-        return d, np.full(len(d), 1.0 / len(d)), True
-    return d, np.full(len(d), 1.0 / len(d)), False
+FRESH_OUT = Path(__file__).parent / "results" / "calibration_default"
+USED_SEEDS = {  # design seed: simulations, of every set this project simulated before
+    0: 1000,  # data/pm64, the training set (its val/test splits drove earlier choices)
+    1801: 100,  # the input reference
+    1802: 80,  # OOD in-distribution maps
+    14001: 30,  # the estimator study
+}
+
+
+def registration(args: argparse.Namespace) -> dict[str, Any]:
+    """The pre-registration record of the fresh calibration (see the module docstring)."""
+    import subprocess
+
+    from diffhmc.core.fileio import load_json
+    from diffhmc.emulator.checkpoint import model_sha256, resolve_model
+    from diffhmc.simulation.design import simulation_seeds
+
+    seeds = simulation_seeds(args.design_seed, args.n)
+    for design, n in USED_SEEDS.items():
+        clash = set(seeds.tolist()) & set(simulation_seeds(design, n).tolist())
+        if design == args.design_seed or clash:
+            raise SystemExit(
+                f"error: design seed {args.design_seed} reuses simulations of seed {design}"
+            )
+    reference = load_json(Path(__file__).parent / "results" / "ood" / "report.json")
+    for name, d in reference.get("datasets", {}).items():
+        if set(d["sim_seeds"]) & set(seeds.tolist()):
+            raise SystemExit(f"error: simulation seeds shared with the OOD set {name}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    cfg = InferenceConfig()
+    return {
+        "what": "fresh calibration of raw Diffusion-HMC posteriors at the inference defaults",
+        "registered_at_commit": commit,
+        "design": "latin_hypercube over the CAMELS prior box, default SimConfig",
+        "design_seed": args.design_seed,
+        "n_maps": args.n,
+        "maps": "one map per simulation, picked by diffhmc.data.selection.pick_maps with "
+        f"seed {args.seed}, split 'all'",
+        "sim_seeds": seeds.tolist(),
+        "dataset": str(args.dataset),
+        "model_sha256": model_sha256(str(resolve_model(args.model))),
+        "settings": cfg.to_dict(),
+        "checks": {"ppc": asdict(PPCConfig()), "typicality": "shipped reference"},
+        "metrics": [
+            "raw 68% and 95% equal-tailed coverage per parameter with Wilson 95% intervals",
+            "mean |z|, RMSE",
+            "TARP expected coverage, SBC rank fractions",
+            "coverage in each half of each parameter's prior range",
+            "posterior_from counts, seconds per map (median)",
+            "false-alarm rates of the PPC (score <= alpha) and typicality (p <= alpha)",
+        ],
+        "target": "raw 68% and 95% coverage within 5 points of nominal for both parameters",
+        "rule": "the maps are used for nothing else and the run is made once; its numbers "
+        "are reported whatever they are",
+    }
+
+
+def register(args: argparse.Namespace) -> None:
+    """Write ``preregistration.json`` (refusing to change an existing one) and simulate the
+    dataset it names."""
+    from diffhmc.core.fileio import load_json
+    from diffhmc.data.generate import load_or_generate
+    from diffhmc.simulation.simulator import SimConfig
+
+    rec = registration(args)
+    path = args.out / "preregistration.json"
+    if path.is_file():
+        old = load_json(path)
+        same = {k: v for k, v in old.items() if k != "registered_at_commit"}
+        if same != {k: v for k, v in rec.items() if k != "registered_at_commit"}:
+            raise SystemExit(f"error: {path} exists with other contents; it is never changed")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_json(path, rec)
+    load_or_generate(args.dataset, args.n, SimConfig(), args.design_seed, workers=args.workers or 2)
+    print(f"registered -> {path}; dataset {args.dataset}")
+
+
+def run_preregistered(args: argparse.Namespace) -> None:
+    """The posteriors of the registered maps at the registered settings (resumable)."""
+    from diffhmc.core.fileio import load_json
+    from diffhmc.emulator.checkpoint import load_model, model_sha256, resolve_model
+
+    reg = load_json(args.out / "preregistration.json")
+    cfg = InferenceConfig(max_batch=args.max_batch)
+    if cfg.to_dict() != {**reg["settings"], "max_batch": args.max_batch}:
+        raise SystemExit("error: the library defaults differ from the registered settings")
+    path = resolve_model(args.model)
+    if model_sha256(str(path)) != reg["model_sha256"]:
+        raise SystemExit("error: the model is not the registered one")
+    torch.set_num_threads(args.threads)
+    model = load_model(path, device=args.device)
+    cluster = ClusterSpec(mode="inprocess")
+    if args.workers > 0:
+        cluster = ClusterSpec(mode="local", workers=args.workers)
+    infer_dataset(
+        Path(reg["dataset"]),
+        "all",
+        int(reg["n_maps"]),
+        model,
+        cfg,
+        args.out / "maps",
+        args.seed,
+        cluster=cluster,
+        ppc=PPCConfig(**reg["checks"]["ppc"]),
+    )
+
+
+def fresh_report(args: argparse.Namespace) -> dict[str, Any]:
+    """``report.json`` and ``calibration.png`` of the pre-registered run (raw posteriors)."""
+    from diffhmc.core.fileio import load_json
+
+    reg = load_json(args.out / "preregistration.json")
+    space = ParamSpace.camels()
+    recs = load_batch_run(args.out / "maps", list(space.names))
+    rep = {
+        **raw_calibration(recs, space, args.seed + 1),
+        "n_registered": reg["n_maps"],
+        "complete": len(recs) == reg["n_maps"],
+        "model_sha256": reg["model_sha256"],
+        "preregistration": "preregistration.json",
+        "machine": machine_info(),
+        "command": "python evaluations/calibration.py --preregistered --report-only",
+    }
+    save_json(args.out / "report.json", rep)
+    fig_in = {"parameters": rep["raw"], "tarp": rep["tarp"]}
+    names = list(space.names)
+    save_figure(args.out / "calibration.png", figure(fig_in, recs, names, space.low, space.high))
+    return rep
 
 
 def report(args: argparse.Namespace) -> None:
@@ -202,7 +336,34 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="dataset split (val: to fit settings)")
     ap.add_argument("--workers", type=int, default=0, help="local Dask workers (0: in process)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--register", action="store_true", help="pre-register the fresh set")
+    ap.add_argument("--preregistered", action="store_true", help="run/report the fresh set")
+    ap.add_argument("--design-seed", type=int, default=14_200, help="fresh set's design seed")
     args = ap.parse_args()
+    if args.register or args.preregistered:
+        if args.out == ap.get_default("out"):
+            args.out = FRESH_OUT
+        if args.dataset == ap.get_default("dataset"):
+            args.dataset = Path(f"data/calib_default_s{args.design_seed}")
+        if args.n == ap.get_default("n"):
+            args.n = 100
+    if args.register:
+        register(args)
+        return
+    if args.preregistered:
+        if not args.report_only:
+            run_preregistered(args)
+        rep = fresh_report(args)
+        print(
+            json.dumps(
+                {
+                    n: {k: v for k, v in c.items() if k != "sbc_ranks"}
+                    for n, c in rep["raw"].items()
+                },
+                indent=1,
+            )
+        )
+        return
     if not args.report_only:
         run(args)
     report(args)

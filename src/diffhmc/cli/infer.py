@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("maps", type=Path, nargs="*", help=".npy map files")
     p.add_argument("--dataset", type=Path, default=None, help="dataset folder (instead of maps)")
-    p.add_argument("--split", default="test", help="dataset split")
+    p.add_argument("--split", default="test", help="dataset split (or all)")
     p.add_argument("--n", type=int, default=10, help="maps of the split (one per simulation)")
     p.add_argument(
         "--truth",

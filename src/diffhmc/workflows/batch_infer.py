@@ -108,7 +108,8 @@ def infer_dataset(
     allow_out_of_range: bool = False,
     ppc: PPCConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Posteriors for ``n`` maps of a dataset split (one seeded map per simulation), one
+    """Posteriors for ``n`` maps of a dataset split (``"all"``: every simulation; one
+    seeded map per simulation), one
     folder ``sim{sim:04d}_map{row:06d}`` per map, run by :func:`diffhmc.batch.cluster.run_jobs` on
     ``cluster`` (``None``: one after the other in this process with ``model``; otherwise
     every Dask worker loads ``model.source``, a checkpoint file, once).
@@ -136,9 +137,9 @@ def infer_dataset(
             f"dataset parameters {list(ds.space.names)} differ from the model's "
             f"{list(model.space.names)}"
         )
-    sims = ds.splits.get(split)
+    sims = np.arange(ds.n_sims) if split == "all" else ds.splits.get(split)
     if sims is None:
-        raise DiffHMCError(f"unknown split {split!r}; valid: {sorted(ds.splits)}")
+        raise DiffHMCError(f"unknown split {split!r}; valid: {sorted(ds.splits)} or 'all'")
     if n < 1 or n > len(sims):
         raise DiffHMCError(f"--n must be in [1, {len(sims)}] for split {split!r}, got {n}")
     picks = pick_maps(ds.sim_id, sims, n, seed)
