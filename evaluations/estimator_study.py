@@ -204,6 +204,111 @@ def run_antithetic(args: argparse.Namespace) -> None:
         )
 
 
+def _entry(
+    setting: str,
+    k: int,
+    m: int,
+    cost: int,
+    s: np.ndarray,
+    sd: np.ndarray,
+    names: list[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One report entry from per-map scatters ``s (N, P)`` and posterior sds ``sd (N, P)``."""
+    return {
+        "setting": setting,
+        "timesteps": k,
+        "n_draws": m,
+        **extra,
+        "cost_rows": cost,
+        "n_maps": len(s),
+        "scatter_over_sd": {n: float(s[:, j].mean()) for j, n in enumerate(names)},
+        "scatter_over_sd_ci95": {n: _bootstrap_mean_ci(s[:, j]) for j, n in enumerate(names)},
+        "scatter_over_sd_median": {n: float(np.median(s[:, j])) for j, n in enumerate(names)},
+        "fraction_above_target": {n: float((s[:, j] > TARGET).mean()) for j, n in enumerate(names)},
+        "mean_sd": {n: float(sd[:, j].mean()) for j, n in enumerate(names)},
+    }
+
+
+def allocated_scatter(recs: list[dict[str, Any]], k: str, pairs: np.ndarray) -> np.ndarray:
+    """Per-map Laplace scatter ``(N, P)`` of the antithetic estimator with ``pairs[j]``
+    +-eps pairs at timestep ``j`` (weights ``1 / pairs[j]``): ``Cov(d) = sum_j Cov_j /
+    pairs[j]`` from the measured pair gradients."""
+    out = []
+    for r in recs:
+        g = np.array(r["antithetic"][k]["pair_term_gradients"])
+        h = np.array(r["settings"][k]["precision"])
+        out.append(laplace_scatter(gradient_noise_cov(g, 1.0 / np.sqrt(pairs), 1), h))
+    return np.array(out)
+
+
+def greedy_allocation(recs: list[dict[str, Any]], k: str, names: list[str]) -> list[np.ndarray]:
+    """Allocations of antithetic pairs over the ``K`` timesteps, from one pair each, adding
+    one pair at a time where it lowers the maps' mean scatter (summed over parameters,
+    squared) the most, until the mean scatter of every parameter is below 0.8 TARGET or
+    the cost reaches that of 4 pairs everywhere. Returns every allocation on the way."""
+    kk = int(k)
+    pairs = np.ones(kk)
+    path = [pairs.copy()]
+    while pairs.sum() < 4 * kk:
+        s = allocated_scatter(recs, k, pairs).mean(axis=0)
+        if np.all(s < 0.8 * TARGET):
+            break
+        best, best_v = 0, np.inf
+        for j in range(kk):
+            trial = pairs.copy()
+            trial[j] += 1
+            v = float((allocated_scatter(recs, k, trial).mean(axis=0) ** 2).sum())
+            if v < best_v:
+                best, best_v = j, v
+        pairs[best] += 1
+        path.append(pairs.copy())
+    return path
+
+
+def antithetic_settings(recs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Report entries of the antithetic measurement: ``M = 2, 4, 16`` (1, 2, 8 pairs at
+    every timestep) and, per K, the greedy allocations of pairs over timesteps."""
+    recs = [r for r in recs if "antithetic" in r]
+    if not recs:
+        return []
+    out = []
+    for k in sorted({k for r in recs for k in r["antithetic"]}, key=int):
+        sd = np.array([r["settings"][k]["posterior_sd"] for r in recs])
+        for m in sorted({m for r in recs for m in r["antithetic"][k]["scatter_over_sd"]}, key=int):
+            s = np.array([r["antithetic"][k]["scatter_over_sd"][m] for r in recs])
+            out.append(
+                _entry(
+                    f"K={k}, M={m} antithetic",
+                    int(k),
+                    int(m),
+                    int(k) * int(m),
+                    s,
+                    sd,
+                    names,
+                    antithetic=True,
+                )
+            )
+        for pairs in greedy_allocation(recs, k, names)[1:]:
+            lead = np.flatnonzero(pairs > 1)
+            draws = [int(v) for v in pairs[: lead.max() + 1]]
+            s = allocated_scatter(recs, k, pairs)
+            out.append(
+                _entry(
+                    f"K={k}, M=2 antithetic, timestep_draws={tuple(draws)}",
+                    int(k),
+                    2,
+                    int(2 * pairs.sum()),
+                    s,
+                    sd,
+                    names,
+                    antithetic=True,
+                    timestep_draws=draws,
+                )
+            )
+    return out
+
+
 def _bootstrap_mean_ci(x: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
@@ -241,6 +346,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "mean_sd": {n: float(sd[:, j].mean()) for j, n in enumerate(names)},
                 }
             )
+    settings += antithetic_settings(recs, names)
     checks = []
     for r in recs:
         for k, c in r.get("seed_check", {}).items():

@@ -102,3 +102,35 @@ def test_antithetic_setting_is_validated_and_saved_only_when_on() -> None:
         InferenceConfig(antithetic=True)
     with pytest.raises(DiffHMCError, match="true or false"):
         InferenceConfig(n_draws=2, antithetic=1)  # type: ignore[arg-type]
+
+
+def test_timestep_draws_expand_into_weighted_repeats() -> None:
+    from diffhmc.inference.config import InferenceConfig
+
+    cfg = InferenceConfig(n_timesteps=4, n_draws=2, antithetic=True, timestep_draws=(2, 3))
+    ts, w = cfg.terms()
+    assert ts == [0, 0, 1, 1, 1, 2, 3]
+    assert w == pytest.approx((0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0, 1.0))
+    assert cfg.rows_per_evaluation() == 14
+    assert cfg.to_dict()["timestep_draws"] == [2, 3] and cfg.to_dict()["timesteps"] == [0, 1, 2, 3]
+    assert InferenceConfig(n_timesteps=4).terms() == ([0, 1, 2, 3], None)
+    with pytest.raises(DiffHMCError, match="1 to 4 integers >= 1"):
+        InferenceConfig(n_timesteps=4, timestep_draws=(1, 1, 1, 1, 2))
+    with pytest.raises(DiffHMCError, match="1 to 4 integers >= 1"):
+        InferenceConfig(n_timesteps=4, timestep_draws=(0,))
+    with pytest.raises(DiffHMCError, match="plain bound with unit weights"):
+        InferenceConfig(full_bound=8, timestep_draws=(2,))
+
+
+def test_repeated_timesteps_need_weights_and_give_the_weighted_mean() -> None:
+    sched = NoiseSchedule(ScheduleConfig(n_steps=100))
+    x0 = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DiffHMCError, match="repeat a timestep only with weights"):
+        BoundLikelihood(_eps_model, sched, x0, timesteps=[1, 1, 2])
+    w = torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64)
+    bound = BoundLikelihood(_eps_model, sched, x0, timesteps=[1, 1, 2], weights=w, seed=2)
+    theta = torch.tensor([[0.7, 1.3]])
+    terms = bound.terms(theta)[0, 0]  # (K,) one draw
+    assert not torch.isclose(terms[0], terms[1])  # the two t = 1 entries draw their own noise
+    want = -(0.5 * (terms[0] + terms[1]) + terms[2])
+    torch.testing.assert_close(bound.log_likelihood(theta)[0], want.to(torch.float32))

@@ -101,6 +101,15 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "gradient noise that is odd in eps)",
     )
     g.add_argument(
+        "--timestep-draws",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="m",
+        help="m_k times the draws at the k-th timestep (the rest: 1x), weighted 1/m_k: more "
+        "draws where the gradient noise is (e.g. 2 3 2)",
+    )
+    g.add_argument(
         "--noise-seed",
         type=int,
         default=None,
@@ -153,6 +162,7 @@ def inference_config(args: argparse.Namespace) -> Any:
         n_timesteps=args.timesteps,
         n_draws=args.draws,
         antithetic=args.antithetic,
+        timestep_draws=None if args.timestep_draws is None else tuple(args.timestep_draws),
         noise_seed=args.noise_seed,
         noise_std=getattr(args, "noise_std", 0.0),
         full_bound=args.full_bound,

@@ -45,6 +45,13 @@ class InferenceConfig:
     """Draw the bound's noise in ``+-eps`` pairs (``n_draws`` must be even): the part of the
     gradient noise that is odd in ``eps`` cancels within a pair
     (:meth:`diffhmc.inference.likelihood.BoundEstimator._setup`)."""
+    timestep_draws: tuple[int, ...] | None = None
+    """More noise draws where the gradient noise is: ``timestep_draws[k]`` times
+    ``n_draws`` draws at the ``k``-th timestep (``k < len``; the others ``n_draws``), each
+    weighted ``1 / timestep_draws[k]`` (the bound stays unbiased). E.g. ``(2, 3, 2)`` with
+    ``n_draws = 2`` and ``antithetic``: 2, 3 and 2 antithetic pairs at ``t = 0, 1, 2``
+    (:meth:`terms`). Plain bound only (not with ``full_bound``, ``bound_weights`` or
+    ``noise_std``)."""
     noise_seed: int | None = None
     """Seed of the bound's fixed noise draws (common random numbers) and of the full bound's
     timesteps. ``None`` (default): derived from the map itself
@@ -131,6 +138,28 @@ class InferenceConfig:
         object.__setattr__(self, "noise_std", float(ns))
         if self.bound_weights is not None:
             object.__setattr__(self, "bound_weights", self._checked_weights(self.bound_weights))
+        if self.timestep_draws is not None:
+            object.__setattr__(self, "timestep_draws", self._checked_draws(self.timestep_draws))
+
+    def _checked_draws(self, draws: Any) -> tuple[int, ...]:
+        """``timestep_draws`` as a tuple of integers >= 1, at most one per timestep, for the
+        plain bound with unit weights."""
+        if self.full_bound or self.bound_weights is not None or self.noise_std > 0:
+            raise DiffHMCError(
+                "timestep_draws apply to the plain bound with unit weights only (not with "
+                "full_bound, bound_weights or noise_std)"
+            )
+        try:
+            items = list(draws)
+        except TypeError:
+            items = [None]
+        ok = all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in items)
+        if not ok or not 1 <= len(items) <= len(self.timestep_list()):
+            raise DiffHMCError(
+                f"timestep_draws must be 1 to {len(self.timestep_list())} integers >= 1 (one "
+                f"per leading timestep), got {draws!r}"
+            )
+        return tuple(items)
 
     def _checked_weights(self, weights: Any) -> tuple[float, ...]:
         """``bound_weights`` as floats (a list, tuple, array or tensor of numbers), one
@@ -155,14 +184,39 @@ class InferenceConfig:
     def timestep_list(self) -> list[int]:
         return list(self.timesteps) if self.timesteps is not None else list(range(self.n_timesteps))
 
+    def terms(self) -> tuple[list[int], tuple[float, ...] | None]:
+        """The plain bound's terms: timesteps (a timestep with ``timestep_draws[k] = m``
+        repeated ``m`` times) and their weights (``1/m`` each; ``bound_weights`` or
+        ``None`` without ``timestep_draws``)."""
+        ts = self.timestep_list()
+        if self.timestep_draws is None:
+            return ts, self.bound_weights
+        out_t: list[int] = []
+        out_w: list[float] = []
+        for k, t in enumerate(ts):
+            m = self.timestep_draws[k] if k < len(self.timestep_draws) else 1
+            out_t += [t] * m
+            out_w += [1.0 / m] * m
+        return out_t, tuple(out_w)
+
+    def rows_per_evaluation(self) -> int:
+        """Network rows per ``log L`` evaluation: terms times ``n_draws``."""
+        n_terms = self.full_bound or len(self.terms()[0])
+        return n_terms * self.n_draws
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved with a result: every field (``timesteps`` spelled out, or
-        ``None`` for a full-bound estimate), ``bound_weights`` and ``antithetic`` only when
-        set (so the settings of other runs read as before they existed)."""
+        ``None`` for a full-bound estimate), ``bound_weights``, ``antithetic`` and
+        ``timestep_draws`` only when set (so the settings of other runs read as before
+        they existed)."""
         d = asdict(self)
         d["timesteps"] = None if self.full_bound else self.timestep_list()
         if not self.antithetic:
             del d["antithetic"]
+        if self.timestep_draws is None:
+            del d["timestep_draws"]
+        else:
+            d["timestep_draws"] = list(self.timestep_draws)
         if self.bound_weights is None:
             del d["bound_weights"]
         else:

@@ -77,15 +77,20 @@ def check_bound_settings(
     dtype: torch.dtype,
     where: str = "",
 ) -> torch.Tensor:
-    """Validate a bound's timesteps (distinct, in ``[low, n_steps)``; ``where`` explains
-    ``low``), draws, ``max_batch`` and weights; return the weights ``(K,)`` (default ones)."""
+    """Validate a bound's timesteps (in ``[low, n_steps)``; ``where`` explains ``low``;
+    distinct unless ``weights`` are given: a timestep repeated ``m`` times with weights
+    ``1/m`` draws ``m`` times as much noise there), draws, ``max_batch`` and weights;
+    return the weights ``(K,)`` (default ones)."""
     if not timesteps:
         raise DiffHMCError("timesteps must not be empty")
     bad = [t for t in timesteps if not low <= t < n_steps]
     if bad:
         raise DiffHMCError(f"timesteps must lie in [{low}, {n_steps}){where}, got {bad}")
-    if len(set(timesteps)) != len(timesteps):
-        raise DiffHMCError(f"timesteps must be distinct, got {timesteps}")
+    if len(set(timesteps)) != len(timesteps) and weights is None:
+        raise DiffHMCError(
+            f"timesteps must be distinct, got {timesteps} (repeat a timestep only with "
+            "weights, e.g. 1/m for each of its m entries)"
+        )
     if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
         raise DiffHMCError(f"n_draws must be an integer >= 1, got {n_draws!r}")
     if max_batch is not None and (

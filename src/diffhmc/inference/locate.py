@@ -197,7 +197,11 @@ def locate_map(
     cheap = like
     if cfg.full_bound or cfg.locate_timesteps < len(cfg.timestep_list()):
         quick = replace(
-            cfg, timesteps=tuple(range(cfg.locate_timesteps)), full_bound=0, bound_weights=None
+            cfg,
+            timesteps=tuple(range(cfg.locate_timesteps)),
+            full_bound=0,
+            bound_weights=None,
+            timestep_draws=None,
         )
         cheap = MapLikelihood(model, x0, quick, eps_model=like.eps_model)
     z_design, y_design = locate(like, cheap, BoxTransform(model.space), cfg, say)

@@ -113,7 +113,8 @@ class MapLikelihood:
                 antithetic=cfg.antithetic,
             )
             return
-        weights: torch.Tensor | tuple[float, ...] | None = cfg.bound_weights
+        timesteps, weights_t = cfg.terms()
+        weights: torch.Tensor | tuple[float, ...] | None = weights_t
         if cfg.full_bound:
             gen = torch.Generator().manual_seed(self.noise_seed + 1)
             timesteps, weights = importance_timesteps(model.schedule, cfg.full_bound, gen)
