@@ -24,6 +24,8 @@ Bound variants (``--variant``; results are cached per field, a rerun resumes):
 - ``is<K>``: an unbiased importance-sampled estimate of the *full* bound
   ``sum_{t<T} L_t`` from K timesteps drawn (seeded, shared by all fields) from
   :func:`diffhmc.inference.likelihood.importance_timesteps` with their weights;
+- suffix ``m<M>[a][t<m0>.<m1>...]`` (e.g. ``k20m2at2.2``): ``M`` noise draws per timestep,
+  ``a`` antithetic pairs, ``t`` the ``timestep_draws`` multipliers (InferenceConfig);
 - prefix ``oracle-`` (e.g. ``oracle-k20``): the same bound with the exact (Bayes-optimal)
   eps-prediction of the family instead of the network, which isolates the bound's own gap
   from the network's error.
@@ -32,6 +34,7 @@ Bound variants (``--variant``; results are cached per field, a rerun resumes):
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -123,20 +126,34 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    dst = export_for_inference(args.run / "checkpoints" / "last.pt", MODEL)
+    dst = export_for_inference(args.run / "checkpoints" / "last.pt", args.to)
+    prefix = "" if args.to == MODEL else args.to.stem + "_"
     for name in ("log.csv", "config.json"):
-        shutil.copy2(args.run / name, OUT / name)
+        shutil.copy2(args.run / name, OUT / (prefix + name))
     print(f"exported {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
 
 
 # ---------------------------------------------------------------------------------- check
+VARIANT = re.compile(r"^(oracle-)?(k|is)(\d+)(?:m(\d+)(a)?(?:t([\d.]+))?)?$")
+
+
 def parse_variant(name: str) -> tuple[bool, str, int]:
-    """``[oracle-](k|is)<K>`` -> (oracle, kind, K)."""
-    oracle = name.startswith("oracle-")
-    body = name.removeprefix("oracle-")
-    kind = "is" if body.startswith("is") else "k"
-    k = int(body[len(kind) :])
-    return oracle, kind, k
+    """``[oracle-](k|is)<K>[m<M>[a][t...]]`` -> (oracle, kind, K)."""
+    m = VARIANT.match(name)
+    if m is None:
+        raise SystemExit(f"error: unknown variant {name!r}")
+    return bool(m.group(1)), m.group(2), int(m.group(3))
+
+
+def variant_draws(name: str) -> dict[str, Any]:
+    """The variant's noise-draw settings: ``n_draws``, ``antithetic``, ``timestep_draws``."""
+    m = VARIANT.match(name)
+    if m is None or m.group(4) is None:
+        return {}
+    out: dict[str, Any] = {"n_draws": int(m.group(4)), "antithetic": m.group(5) == "a"}
+    if m.group(6):
+        out["timestep_draws"] = tuple(int(v) for v in m.group(6).split("."))
+    return out
 
 
 def variant_timesteps(
@@ -169,9 +186,13 @@ def cmd_check(args: argparse.Namespace) -> None:
         oracle, kind, k = parse_variant(variant)
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
         m = oracle_model(args.model, fam) if oracle else model
+        draws = variant_draws(variant)
+        if draws.get("timestep_draws"):
+            w = None  # unit weights: the draws' own weights come from timestep_draws
         cfg = InferenceConfig(
             timesteps=tuple(ts),
             bound_weights=w,
+            **draws,
             locate_timesteps=len(ts) if args.locate_full else 4,
             nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
         )
@@ -498,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--set", action="append", help="KEY=VALUE override (repeatable)")
     e = sub.add_parser("export", help="export the EMA model (+ log.csv, config.json)")
     e.add_argument("--run", type=Path, default=RUN)
+    e.add_argument("--to", type=Path, default=MODEL, help="exported weights file")
     c = sub.add_parser("check", help="posteriors on held-out fields (resumable)")
     c.add_argument("--variant", action="append", help="bound variant, e.g. k20, is200, oracle-k20")
     c.add_argument("--n", type=int, default=20, help="number of held-out fields")

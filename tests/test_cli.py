@@ -115,7 +115,9 @@ def test_inference_options_default_to_the_library_defaults() -> None:
     p = argparse.ArgumentParser()
     add_inference_args(p)
     got, want = inference_config(p.parse_args([])).to_dict(), InferenceConfig().to_dict()
-    for key in ("method", "timesteps", "n_draws", "noise_seed", "full_bound", "temperature"):
+    keys = ("method", "timesteps", "n_draws", "noise_seed", "full_bound", "temperature")
+    for key in keys:
         assert got[key] == want[key], key
-    assert got.get("antithetic", False) == want.get("antithetic", False)
+    for key in ("antithetic", "timestep_draws", "locate_start"):
+        assert got.get(key) == want.get(key), key
     assert got["nuts"]["n_chains"] == want["nuts"]["n_chains"]

@@ -99,3 +99,53 @@ def test_locate_restarts_when_the_cheap_bound_misleads() -> None:
     assert any("searching on the full bound" in m for m in msgs)
     best = theta[int(torch.argmax(y))]
     assert torch.all((best - like.mu).abs() < torch.tensor([0.01, 0.025]))
+
+
+def test_a_good_start_skips_the_coarse_grid_and_a_bad_one_still_finds_the_maximum() -> None:
+    """``start`` (the NPE's moments in z) replaces the 25-point coarse grid of the cheap
+    bound; from a confident start far from the maximum the search falls back to the grid
+    and still ends at the maximum."""
+    tr = BoxTransform(ParamSpace.camels())
+    for guess, sd in (([0.151, 0.79], [0.01, 0.03]), ([0.45, 0.65], [0.01, 0.01])):
+        like = Gaussian([0.15, 0.8], [0.005, 0.02], rho=-0.8)
+        cheap = Gaussian([0.152, 0.79], [0.01, 0.04], rho=-0.8)
+        g = torch.tensor([guess], dtype=torch.float64)
+        z0 = tr.forward(g)[0]
+        dz = tr.forward(g + torch.tensor([sd], dtype=torch.float64))[0] - z0
+        msgs: list[str] = []
+        z, y = locate(like, cheap, tr, InferenceConfig(), msgs.append, (z0, torch.diag(dz**2)))  # type: ignore[arg-type]
+        best = tr.inverse(z)[int(torch.argmax(y))]
+        assert torch.all((best - like.mu).abs() < torch.tensor([0.005, 0.02])), (guess, best)
+        if guess[0] == 0.151:  # a good start: no 25-point grid
+            assert not any(m.startswith("coarse grid") for m in msgs)
+            assert cheap.calls <= 9 + 4 * 9 and like.calls <= 2 * 9 + 2 * 9
+        else:  # no maximum near a bad start: the grid decides
+            assert any(m.startswith("no maximum near the start") for m in msgs)
+
+
+def test_npe_start_on_a_model_it_does_not_fit_falls_back_with_a_note(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.locate import npe_start
+
+    ds, ckpt = tiny_model
+    model = load_model(ckpt)  # 16^2 maps: the shipped NPE takes 64^2
+    msgs: list[str] = []
+    assert npe_start(np.load(ds / "maps.npy")[0], model, msgs.append) is None
+    assert msgs and msgs[0].startswith("note: NPE start unavailable")
+
+
+def test_npe_start_gives_z_moments_for_the_shipped_model() -> None:
+    import numpy as np
+
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.locate import npe_start
+    from diffhmc.simulation.simulator import SimConfig, simulate_maps
+
+    model = load_model(None)
+    density = simulate_maps(0.3, 0.8, 123, SimConfig())[0].astype(np.float64)
+    mean, cov = npe_start(density, model, print)  # type: ignore[misc]
+    theta = BoxTransform(model.space).inverse(mean[None])[0]
+    assert abs(float(theta[0]) - 0.3) < 0.1 and abs(float(theta[1]) - 0.8) < 0.1
+    assert cov.shape == (2, 2) and bool((torch.linalg.eigvalsh(cov) > 0).all())

@@ -116,6 +116,13 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         help="seed of the bound's fixed noise draws (default: derived from each map, so maps "
         "never share the estimator's noise; an integer fixes it for every map)",
     )
+    g.add_argument(
+        "--locate-start",
+        choices=("grid", "npe"),
+        default="grid",
+        help="where the search for the posterior starts: a coarse grid of the bound, or the "
+        "shipped NPE's estimate (falls back to the grid)",
+    )
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
     g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
     g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
@@ -164,6 +171,7 @@ def inference_config(args: argparse.Namespace) -> Any:
         antithetic=args.antithetic,
         timestep_draws=None if args.timestep_draws is None else tuple(args.timestep_draws),
         noise_seed=args.noise_seed,
+        locate_start=args.locate_start,
         noise_std=getattr(args, "noise_std", 0.0),
         full_bound=args.full_bound,
         grid_check=args.grid,

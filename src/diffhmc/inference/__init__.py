@@ -11,9 +11,12 @@ method's checked posterior with its exact-grid fallback (``surrogate_posterior``
 Recalibration fitted on validation posteriors, applied to finished ones
 (``recalibration``; nothing else in the package's inference core imports it). The input
 range check every entry point runs before any network call (``input_check``: a map's
-statistics against the reference shipped with the model, ``input_reference``). How much
-of a posterior is the bound estimator's noise (``estimator_noise``).
+statistics against the reference shipped with the model, ``input_reference``); how typical
+the map is under the model, by its bound near the posterior against reference maps
+(``typicality``). How much of a posterior is the bound estimator's noise
+(``estimator_noise``).
 
 Imports: :mod:`diffhmc.core`, :mod:`diffhmc.evaluation` (Wilson intervals),
-:mod:`diffhmc.data`, :mod:`diffhmc.emulator`.
+:mod:`diffhmc.data`, :mod:`diffhmc.emulator`, :mod:`diffhmc.baselines` (the NPE start of
+the locate step).
 """

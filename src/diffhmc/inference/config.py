@@ -69,6 +69,12 @@ class InferenceConfig:
     bound on an ``exact_grid``-per-axis grid is the posterior (``exact_grid^P`` bound
     evaluations; :func:`diffhmc.inference.surrogate_posterior.exact_grid_posterior`)."""
     coarse_grid: int = 5
+    locate_start: str = "grid"
+    """Where the search for the posterior starts: ``"grid"``, the best of a
+    ``coarse_grid``-per-axis grid of the cheap bound; ``"npe"``, the shipped NPE's posterior
+    mean and covariance (milliseconds; :func:`diffhmc.baselines.api.npe_initializer`),
+    falling back to the grid when the NPE cannot take the map or the search from it finds
+    no maximum."""
     locate_rounds: int = 4
     locate_timesteps: int = 4
     """Timesteps ``0 .. n-1`` of the bound used to find the posterior's region."""
@@ -105,6 +111,8 @@ class InferenceConfig:
             raise DiffHMCError(f"antithetic must be true or false, got {self.antithetic!r}")
         if self.antithetic and self.n_draws % 2:
             raise DiffHMCError(f"antithetic draws need an even n_draws, got {self.n_draws}")
+        if self.locate_start not in ("grid", "npe"):
+            raise DiffHMCError(f"locate_start must be 'grid' or 'npe', got {self.locate_start!r}")
         if self.coarse_grid < 3:
             raise DiffHMCError("coarse_grid must be >= 3")
         if isinstance(self.exact_grid, bool) or not isinstance(self.exact_grid, int):
@@ -213,6 +221,8 @@ class InferenceConfig:
         d["timesteps"] = None if self.full_bound else self.timestep_list()
         if not self.antithetic:
             del d["antithetic"]
+        if self.locate_start == "grid":
+            del d["locate_start"]
         if self.timestep_draws is None:
             del d["timestep_draws"]
         else:

@@ -110,29 +110,48 @@ def locate(
     tr: BoxTransform,
     cfg: InferenceConfig,
     log: Log,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Design points ``z (N, P)`` and exact ``log L`` values ``(N,)`` around the maximum.
 
-    A coarse grid over the prior box and a trust-region search (:func:`_trust_region`)
-    run on ``cheap``, the bound over the first ``cfg.locate_timesteps`` timesteps (most of
-    the information about theta at a fraction of the cost); two trust-region rounds on
-    ``like`` (the posterior's bound) then refine the centre and width, and a last block
-    of points at 1.5 and 3 fitted widths completes the design. Only ``like``'s
-    evaluations are returned. The search restarts on ``like`` from the coarse grid only
-    when none of its refining rounds could fit a quadratic (the cheap bound's maximum is
-    not ``like``'s): a round that fails after an accepted one only means the stencil
-    reached where the bound is not quadratic, and the design's own fit (a quadratic plus
-    a Gaussian process over every point) absorbs that.
+    A coarse grid over the prior box (or, given ``start = (mean (P,), cov (P, P))`` in
+    ``z``, that point, with the larger of the grid's spacing and 1.5 start sds as the first
+    scale, when one trust-region round there fits a quadratic with its maximum in reach)
+    and a trust-region search (:func:`_trust_region`) run on ``cheap``, the bound over the
+    first ``cfg.locate_timesteps`` timesteps (most of the information about theta at a
+    fraction of the cost); two trust-region rounds on ``like`` (the posterior's bound) then
+    refine the centre and width, and a last block of points at 1.5 and 3 fitted widths
+    completes the design. Only ``like``'s evaluations are returned. The search restarts on
+    ``like`` from the coarse grid only when none of its refining rounds could fit a
+    quadratic (the cheap bound's maximum is not ``like``'s, or the start misled it): a
+    round that fails after an accepted one only means the stencil reached where the bound
+    is not quadratic, and the design's own fit (a quadratic plus a Gaussian process over
+    every point) absorbs that.
     """
     theta = _theta_grid(like.space, cfg.coarse_grid)
     z0 = tr.forward(theta)
-    y0 = cheap.batched(theta)
-    log(f"coarse grid: {len(y0)} points, best log L {float(y0.max()):.1f}")
     width = tr.forward(theta.max(0).values[None])[0] - tr.forward(theta.min(0).values[None])[0]
     max_scale = width / 2
     coarse_scale = torch.diag(width / (cfg.coarse_grid - 1))
-    scale = coarse_scale
-    center = z0[int(torch.argmax(y0))].clone()
+    if start is not None:
+        # the start's centre with the coarse grid's spacing as the first scale (wider where
+        # the start's own spread is); trusted only if the bound around it fits a quadratic
+        # whose maximum lies within reach, otherwise the grid decides
+        center = start[0].double().clamp(-15.0, 15.0)
+        spread = start[1].double().diagonal().clamp_min(0.0).sqrt() * 1.5
+        scale = torch.diag(torch.minimum(torch.maximum(spread, coarse_scale.diagonal()), max_scale))
+        log(f"start: theta {tr.inverse(center[None])[0].tolist()} (NPE)")
+        _, _, center, scale, near = _trust_region(
+            cheap, tr, center, scale, max_scale, 1, log, "start"
+        )
+        if not near:
+            log("no maximum near the start: starting from the coarse grid")
+            start = None
+    if start is None:
+        y0 = cheap.batched(theta)
+        log(f"coarse grid: {len(y0)} points, best log L {float(y0.max()):.1f}")
+        scale = coarse_scale
+        center = z0[int(torch.argmax(y0))].clone()
 
     if cheap is not like:
         _, _, center, scale, _ = _trust_region(
@@ -204,8 +223,33 @@ def locate_map(
             timestep_draws=None,
         )
         cheap = MapLikelihood(model, x0, quick, eps_model=like.eps_model)
-    z_design, y_design = locate(like, cheap, BoxTransform(model.space), cfg, say)
+    tr = BoxTransform(model.space)
+    start = npe_start(density, model, say) if cfg.locate_start == "npe" else None
+    z_design, y_design = locate(like, cheap, tr, cfg, say, start)
     return like, cheap, z_design, y_design
+
+
+def npe_start(density: np.ndarray, model: LoadedModel, say: Log) -> tuple | None:
+    """The shipped NPE's posterior mean ``(P,)`` and covariance ``(P, P)`` of the map in the
+    sampler's ``z`` coordinates, or ``None`` (with a note) when the NPE cannot take it
+    (another map size, parameters or prior box than the model's)."""
+    from diffhmc.baselines.api import load_baseline, npe_initializer, shipped_baseline
+
+    try:
+        npe = load_baseline(shipped_baseline("npe"))
+        same = (
+            list(npe.space.names) == list(model.space.names)
+            and np.allclose(npe.space.low, model.space.low)
+            and np.allclose(npe.space.high, model.space.high)
+        )
+        if not same or npe.map_resolution != model.map_resolution:
+            raise DiffHMCError("the shipped NPE is for another map size or prior box")
+        mean, cov = npe_initializer(density, npe, unconstrained=True)
+    except DiffHMCError as exc:
+        say(f"note: NPE start unavailable ({exc}); starting from the coarse grid")
+        return None
+    cov = cov + 1e-9 * np.eye(len(mean))
+    return torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
 
 
 def design_inits(z_design: torch.Tensor, y_design: torch.Tensor, n: int, seed: int) -> torch.Tensor:
