@@ -49,11 +49,12 @@ import torch
 from matplotlib.figure import Figure
 
 from diffhmc.batch.spec import ClusterSpec
-from diffhmc.core.fileio import save_figure, save_json
+from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation import metrics
 from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.input_reference import SHIPPED_REFERENCE
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.workflows.batch_infer import infer_dataset, load_batch_run
 from diffhmc.workflows.calibration import posterior_sample, raw_calibration
@@ -97,7 +98,6 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
     """The pre-registration record of the fresh calibration (see the module docstring)."""
     import subprocess
 
-    from diffhmc.core.fileio import load_json
     from diffhmc.emulator.checkpoint import model_sha256, resolve_model
     from diffhmc.simulation.design import simulation_seeds
 
@@ -116,6 +116,8 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     cfg = InferenceConfig()
+    if load_json(SHIPPED_REFERENCE).get("typicality") is None:
+        raise SystemExit(f"error: {SHIPPED_REFERENCE} has no typicality section yet")
     return {
         "what": "fresh calibration of raw Diffusion-HMC posteriors at the inference defaults",
         "registered_at_commit": commit,
@@ -128,7 +130,11 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": str(args.dataset),
         "model_sha256": model_sha256(str(resolve_model(args.model))),
         "settings": cfg.to_dict(),
-        "checks": {"ppc": asdict(PPCConfig()), "typicality": "shipped reference"},
+        "checks": {
+            "ppc": asdict(PPCConfig()),
+            "input_reference": str(SHIPPED_REFERENCE.name),
+            "input_reference_sha256": file_sha256(SHIPPED_REFERENCE),
+        },
         "metrics": [
             "raw 68% and 95% equal-tailed coverage per parameter with Wilson 95% intervals",
             "mean |z|, RMSE",
@@ -146,7 +152,6 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
 def register(args: argparse.Namespace) -> None:
     """Write ``preregistration.json`` (refusing to change an existing one) and simulate the
     dataset it names."""
-    from diffhmc.core.fileio import load_json
     from diffhmc.data.generate import load_or_generate
     from diffhmc.simulation.simulator import SimConfig
 
@@ -166,7 +171,6 @@ def register(args: argparse.Namespace) -> None:
 
 def run_preregistered(args: argparse.Namespace) -> None:
     """The posteriors of the registered maps at the registered settings (resumable)."""
-    from diffhmc.core.fileio import load_json
     from diffhmc.emulator.checkpoint import load_model, model_sha256, resolve_model
 
     reg = load_json(args.out / "preregistration.json")
@@ -176,6 +180,8 @@ def run_preregistered(args: argparse.Namespace) -> None:
     path = resolve_model(args.model)
     if model_sha256(str(path)) != reg["model_sha256"]:
         raise SystemExit("error: the model is not the registered one")
+    if file_sha256(SHIPPED_REFERENCE) != reg["checks"]["input_reference_sha256"]:
+        raise SystemExit(f"error: {SHIPPED_REFERENCE} is not the registered reference")
     torch.set_num_threads(args.threads)
     model = load_model(path, device=args.device)
     cluster = ClusterSpec(mode="inprocess")
@@ -190,13 +196,13 @@ def run_preregistered(args: argparse.Namespace) -> None:
         args.out / "maps",
         args.seed,
         cluster=cluster,
+        reference=SHIPPED_REFERENCE,
         ppc=PPCConfig(**reg["checks"]["ppc"]),
     )
 
 
 def fresh_report(args: argparse.Namespace) -> dict[str, Any]:
     """``report.json`` and ``calibration.png`` of the pre-registered run (raw posteriors)."""
-    from diffhmc.core.fileio import load_json
 
     reg = load_json(args.out / "preregistration.json")
     space = ParamSpace.camels()

@@ -203,6 +203,8 @@ def run_setting_check(args: argparse.Namespace) -> None:
         )
         i = int(rec["index"])
         seeds = [args.seed + 1000 * (j + 1) + i for j in range(args.check_seeds)]
+        if done["seeds"] != seeds[: len(done["seeds"])]:
+            raise SystemExit(f"error: {path} holds this check for other seeds {done['seeds']}")
         if done["seeds"] == seeds:
             continue
         om, s8 = rec["truth"]
@@ -212,7 +214,9 @@ def run_setting_check(args: argparse.Namespace) -> None:
             done["seeds"].append(s)
             done["modes"].append(mode.tolist())
             done["sd"].append(np.sqrt(np.diag(np.linalg.inv(h))).tolist())
-            save_json(path, rec)
+            fresh = load_json(path)  # merge: another measurement may have saved meanwhile
+            fresh.setdefault("setting_checks", {})[label] = done
+            save_json(path, fresh)
             n_done += 1
             rate = (time.perf_counter() - t_start) / n_done
             print(f"setting check: map {i}, seed {s}; {rate:.0f} s/locate", flush=True)
@@ -229,8 +233,10 @@ def run_antithetic(args: argparse.Namespace) -> None:
         om, s8 = rec["truth"]
         density = simulate_maps(om, s8, int(rec["sim_seed"]), SimConfig())[0].astype(np.float64)
         seed = args.seed + 500_000 + int(rec["index"])  # new noise, not the M = 1 draws'
-        rec["antithetic"] = measure_antithetic(model, density, rec, args.m0, seed)
-        save_json(path, rec)
+        result = measure_antithetic(model, density, rec, args.m0, seed)
+        fresh = load_json(path)  # merge: another measurement may have saved meanwhile
+        fresh["antithetic"] = result
+        save_json(path, fresh)
         rate = (time.perf_counter() - t_start) / n
         print(
             f"antithetic: map {n}/{len(todo)} done; {rate:.0f} s/map, "

@@ -151,6 +151,8 @@ def variant_draws(name: str) -> dict[str, Any]:
     if m is None or m.group(4) is None:
         return {}
     out: dict[str, Any] = {"n_draws": int(m.group(4)), "antithetic": m.group(5) == "a"}
+    if m.group(6) and m.group(2) == "is":
+        raise SystemExit(f"error: {name}: timestep_draws apply to the first-K bound (k), not is")
     if m.group(6):
         out["timestep_draws"] = tuple(int(v) for v in m.group(6).split("."))
     return out
@@ -290,6 +292,8 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
     out["likelihood"] = "network" if args.network else "oracle"
     out["fields"] = fields
     for variant in args.variant:
+        if variant_draws(variant.removeprefix("oracle-")):
+            raise SystemExit(f"error: bound-gap takes M = 1 variants only, got {variant}")
         _, kind, k = parse_variant(variant.removeprefix("oracle-"))
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
         cfg = InferenceConfig(timesteps=tuple(ts), bound_weights=w, max_batch=4096)

@@ -134,10 +134,14 @@ def figure(ref: Any, points: dict[str, np.ndarray], report: dict[str, Any]) -> F
 
 
 def typicality_results(
-    args: argparse.Namespace, model: Any, ref: Any, maps: dict[str, np.ndarray]
+    args: argparse.Namespace, model: Any, ref: Any, maps: dict[str, tuple[np.ndarray, list[int]]]
 ) -> dict[str, list[dict[str, Any]]]:
-    """The typicality record of every map in ``maps`` (``{kind: (n, H, W)}``), cached per map
-    in ``args.work / typicality_cache.json``."""
+    """The typicality record of every map in ``maps`` (``{kind: (maps (n, H, W), their
+    indices among the kind's maps)}``), cached per map under ``args.work`` keyed by kind and
+    index, for this reference only (the cache names its typicality section's hash)."""
+    import hashlib
+    import json
+
     from diffhmc.baselines.api import load_baseline, shipped_baseline
     from diffhmc.core.fileio import load_json
     from diffhmc.inference.typicality import TypicalityReference, typicality_record
@@ -145,16 +149,16 @@ def typicality_results(
     if ref.typicality is None:
         raise SystemExit(f"error: {args.reference} has no typicality section")
     tref = TypicalityReference(ref.typicality)
+    key_ref = hashlib.sha256(json.dumps(ref.typicality, sort_keys=True).encode()).hexdigest()
     npe = load_baseline(shipped_baseline("npe"))
-    cache_path = args.work / "typicality_cache.json"
+    cache_path = args.work / f"typicality_cache_{key_ref[:12]}.json"
     cache: dict[str, Any] = load_json(cache_path) if cache_path.is_file() else {}
-    total = sum(len(m) for m in maps.values())
-    todo = total - sum(f"{k}/{i}" in cache for k, m in maps.items() for i in range(len(m)))
+    todo = sum(f"{k}/{i}" not in cache for k, (_, idx) in maps.items() for i in idx)
     t0, done = time.perf_counter(), 0
     out: dict[str, list[dict[str, Any]]] = {}
-    for kind, stack in maps.items():
+    for kind, (stack, idx) in maps.items():
         out[kind] = []
-        for i, m in enumerate(stack):
+        for m, i in zip(stack, idx, strict=True):
             key = f"{kind}/{i}"
             if key not in cache:
                 est = npe.predict(m[None], seed=i)
@@ -297,11 +301,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.typicality:
         checks = {"in_distribution": in_records, **results}
-        chosen = {"in_distribution": indist[: args.typ_n_in]}
+        n_in = min(args.typ_n_in, len(indist))
+        chosen = {"in_distribution": (indist[:n_in], list(range(n_in)))}
         for name, maps in kinds.items():
             ok = [i for i, r in enumerate(results[name]) if r["verdict"] != "refuse"]
             if ok:
-                chosen[name] = maps[ok[: args.typ_n_kind]]
+                chosen[name] = (maps[ok[: args.typ_n_kind]], ok[: args.typ_n_kind])
                 checks[name] = [results[name][i] for i in ok[: args.typ_n_kind]]
         typ = typicality_results(args, model, ref, chosen)
         section, combined = typicality_report(typ, checks)

@@ -88,4 +88,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 TINY_INFER = ["--timesteps", "2", "--chains", "2", "--warmup", "40", "--samples", "40"]
 """Short posterior options for ``diffhmc infer`` on :func:`tiny_model`."""
-

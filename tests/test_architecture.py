@@ -82,8 +82,7 @@ def layer_violations() -> list[str]:
 
 def test_every_module_belongs_to_a_layer() -> None:
     stray = [
-        m for m in _modules()
-        if m not in ("diffhmc", "diffhmc.__main__") and _subpackage(m) is None
+        m for m in _modules() if m not in ("diffhmc", "diffhmc.__main__") and _subpackage(m) is None
     ]
     assert stray == [], f"modules outside the layer map: {stray}"
 

@@ -51,3 +51,37 @@ def test_rate_with_interval() -> None:
     r = rate_with_interval([True, False, False, False])
     assert r["rate"] == 0.25 and r["hits"] == 1 and r["n"] == 4
     assert r["wilson95"][0] < 0.25 < r["wilson95"][1]
+
+
+def test_failed_checks_are_left_out_of_the_false_alarm_rates() -> None:
+    rng = np.random.default_rng(0)
+    space = ParamSpace.camels()
+
+    def rec(ppc: dict | None, typ: dict | None) -> dict:
+        par = {
+            "truth": 0.3,
+            "mean": 0.31,
+            "std": 0.01,
+            "z_score": 1.0,
+            "in_68": True,
+            "in_95": True,
+        }
+        summary = {
+            "parameters": {"Omega_m": par, "sigma_8": {**par, "truth": 0.8, "mean": 0.8}},
+            "settings": {"n_timesteps": 20},
+            "seconds": 1.0,
+            "ppc": ppc,
+            "typicality": typ,
+        }
+        draws = np.stack([rng.normal(0.31, 0.01, (2, 50)), rng.normal(0.8, 0.02, (2, 50))], -1)
+        return {"summary": summary, "draws": draws, "weighted": None}
+
+    recs = [
+        rec({"score": 0.02, "alpha": 0.05}, {"atypical": True}),
+        rec({"score": None, "alpha": 0.05, "error": "emulation failed"}, {"skipped": "noise"}),
+        rec({"score": 0.5, "alpha": 0.05}, {"atypical": False}),
+    ]
+    rep = raw_calibration(recs, space, seed=0)
+    assert rep["false_alarms"]["ppc"]["n"] == 2 and rep["false_alarms"]["ppc"]["hits"] == 1
+    assert rep["false_alarms"]["typicality"]["n"] == 2
+    assert rep["posterior_from"] == {"unknown": 3}

@@ -111,7 +111,6 @@ def test_timestep_draws_expand_into_weighted_repeats() -> None:
     ts, w = cfg.terms()
     assert ts == [0, 0, 1, 1, 1, 2, 3]
     assert w == pytest.approx((0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0, 1.0))
-    assert cfg.rows_per_evaluation() == 14
     assert cfg.to_dict()["timestep_draws"] == [2, 3] and cfg.to_dict()["timesteps"] == [0, 1, 2, 3]
     assert InferenceConfig(n_timesteps=4).terms() == ([0, 1, 2, 3], None)
     with pytest.raises(DiffHMCError, match="1 to 4 integers >= 1"):
@@ -134,3 +133,22 @@ def test_repeated_timesteps_need_weights_and_give_the_weighted_mean() -> None:
     assert not torch.isclose(terms[0], terms[1])  # the two t = 1 entries draw their own noise
     want = -(0.5 * (terms[0] + terms[1]) + terms[2])
     torch.testing.assert_close(bound.log_likelihood(theta)[0], want.to(torch.float32))
+
+
+def test_map_likelihood_honours_antithetic_and_timestep_draws(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """Every bound a map's likelihood builds from the settings: the plain bound with
+    repeated timesteps and +-eps pairs, and the noise-aware bound with pairs."""
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
+
+    ds, ckpt = tiny_model
+    model = load_model(ckpt)
+    x0 = prepare_map(np.load(ds / "maps.npy")[0], model)
+    cfg = InferenceConfig(n_timesteps=3, n_draws=2, antithetic=True, timestep_draws=(2,))
+    bound = MapLikelihood(model, x0, cfg).bound
+    assert bound.timesteps == (0, 0, 1, 2) and bound.n_draws == 2
+    torch.testing.assert_close(bound.weights.double(), torch.tensor([0.5, 0.5, 1.0, 1.0]).double())
+    torch.testing.assert_close(bound.eps[1], -bound.eps[0])
+    noisy = MapLikelihood(model, x0, InferenceConfig(n_draws=4, antithetic=True, noise_std=0.02))
+    torch.testing.assert_close(noisy.bound.eps[2:], -noisy.bound.eps[:2])

@@ -184,8 +184,6 @@ def test_prepare_map_errors() -> None:
         InferenceConfig(method="hmc")
 
 
-
-
 def test_cli_infer_files_and_dataset_resume(
     tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -114,6 +114,11 @@ def test_recalibration_checks_names_model_and_settings(tmp_path: Path) -> None:
         r.check(["Omega_m", "sigma_8"], {**SETTINGS, "timesteps": list(range(20))}, SHA)
     with pytest.raises(DiffHMCError, match="temperature"):
         r.check(["Omega_m", "sigma_8"], {**SETTINGS, "temperature": 1.6}, SHA)
+    # the noise draws' layout changes the posterior's width too
+    with pytest.raises(DiffHMCError, match="antithetic"):
+        r.check(["Omega_m", "sigma_8"], {**SETTINGS, "antithetic": True}, SHA)
+    with pytest.raises(DiffHMCError, match="timestep_draws"):
+        r.check(["Omega_m", "sigma_8"], {**SETTINGS, "timestep_draws": [2, 2]}, SHA)
     with pytest.raises(DiffHMCError, match="finite number > 0"):
         Recalibration(("Omega_m", "sigma_8"), (1.2, -1.0), SETTINGS, SHA)
     with pytest.raises(DiffHMCError, match="lack"):
@@ -150,6 +155,10 @@ def test_shipped_recalibration_matches_the_shipped_model() -> None:
         shipped_recalibration({**k5, "n_draws": 7})
     with pytest.raises(DiffHMCError, match="no shipped recalibration"):
         shipped_recalibration({**k5, "temperature": 1.6})
+    with pytest.raises(DiffHMCError, match="no shipped recalibration"):
+        shipped_recalibration({**k5, "antithetic": True})
+    with pytest.raises(DiffHMCError, match="no shipped recalibration"):
+        shipped_recalibration({**k5, "timestep_draws": [2]})
 
 
 def test_recalibrate_posterior_widens_draws_and_recomputes_the_summary(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ def test_record_then_resume_with_same_settings(tmp_path: Path) -> None:
     p = tmp_path / "run" / "config.json"
     s = {"n": 3, "levels": (0.0, 0.02), "x": np.float64(0.5)}
     assert record_or_check(p, s, "a run", "use a new --out") == {
-        "n": 3, "levels": [0.0, 0.02], "x": 0.5
+        "n": 3,
+        "levels": [0.0, 0.02],
+        "x": 0.5,
     }
     assert json.loads(p.read_text())["levels"] == [0.0, 0.02]
     record_or_check(p, s, "a run", "use a new --out")  # same: accepted, file unchanged

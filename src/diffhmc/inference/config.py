@@ -101,6 +101,11 @@ class InferenceConfig:
             raise DiffHMCError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.timesteps is not None:
             object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+            if len(set(self.timesteps)) != len(self.timesteps):
+                raise DiffHMCError(
+                    f"timesteps must be distinct, got {list(self.timesteps)} (more draws at a "
+                    "timestep: timestep_draws)"
+                )
         if isinstance(self.full_bound, bool) or not isinstance(self.full_bound, int):
             raise DiffHMCError(f"full_bound must be an integer >= 0, got {self.full_bound!r}")
         if self.full_bound < 0:
@@ -206,11 +211,6 @@ class InferenceConfig:
             out_t += [t] * m
             out_w += [1.0 / m] * m
         return out_t, tuple(out_w)
-
-    def rows_per_evaluation(self) -> int:
-        """Network rows per ``log L`` evaluation: terms times ``n_draws``."""
-        n_terms = self.full_bound or len(self.terms()[0])
-        return n_terms * self.n_draws
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved with a result: every field (``timesteps`` spelled out, or

@@ -202,6 +202,11 @@ def input_screen(
     model: Any, reference: str | Path | None = None, allow_out_of_range: bool = False
 ) -> InputScreen:
     """The :class:`InputScreen` of ``model`` (:func:`reference_for`): the file
-    ``reference`` or the shipped one of its checkpoint."""
+    ``reference`` or the shipped one of its checkpoint. Its typicality section, if any, is
+    checked here, before any posterior is computed."""
     ref, note = reference_for(model, reference)
+    if ref is not None and ref.typicality is not None:
+        from diffhmc.inference.typicality import TypicalityReference
+
+        TypicalityReference(ref.typicality, where=f"{note}: typicality section")  # fail now
     return InputScreen(ref, note, allow_out_of_range)

@@ -66,8 +66,10 @@ __all__ = [
 SETTING_KEYS = ("timesteps", "full_bound", "n_draws", "noise_std", "temperature")
 """The inference settings that define the bound (and so the posterior's width): a
 recalibration applies only to posteriors with the same values (and the same
-``bound_weights``, recorded only when set). The method (surrogate or exact), the sampler and
+:data:`OPTIONAL_KEYS`, recorded only when set). The method (surrogate or exact), the sampler and
 the seeds target the same posterior and are not compared."""
+OPTIONAL_KEYS = ("bound_weights", "antithetic", "timestep_draws")
+"""Settings of the bound recorded only when set (absent: their defaults), compared too."""
 FORMAT = "diffhmc-recalibration"
 SHIPPED_DIR = SHIPPED_MODELS_DIR
 """Where the recalibrations of the shipped model live, one file per bound setting:
@@ -80,6 +82,8 @@ def _shipped_name(b: dict[str, Any]) -> Path | None:
     not the first K timesteps of a plain bound (no full-bound estimate, no noise)."""
     ts = b["timesteps"]
     if ts is None or ts != list(range(len(ts))) or b["full_bound"] or b["noise_std"]:
+        return None
+    if any(k in b for k in OPTIONAL_KEYS):
         return None
     return SHIPPED_DIR / f"default_recalibration_k{len(ts)}m{b['n_draws']}.json"
 
@@ -122,6 +126,10 @@ def bound_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         out[k] = float(out[k])
     if cfg.get("bound_weights") is not None:  # a weighted bound (absent: unit weights)
         out["bound_weights"] = [float(w) for w in cfg["bound_weights"]]
+    if cfg.get("antithetic"):  # +-eps pairs (absent: independent draws)
+        out["antithetic"] = True
+    if cfg.get("timestep_draws") is not None:  # extra draws at the first timesteps
+        out["timestep_draws"] = [int(m) for m in cfg["timestep_draws"]]
     return out
 
 
@@ -166,7 +174,7 @@ class Recalibration:
                 "this model with `diffhmc recalibrate`"
             )
         mine = bound_settings(settings)
-        keys = (*SETTING_KEYS, "bound_weights")
+        keys = (*SETTING_KEYS, *OPTIONAL_KEYS)
         diff = {
             k: (self.settings.get(k), mine.get(k))
             for k in keys

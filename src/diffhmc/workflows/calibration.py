@@ -80,8 +80,16 @@ def raw_calibration(recs: list[dict[str, Any]], space: ParamSpace, seed: int) ->
             "sbc_ranks": [float(rk[i]) for rk in ranks],
         }
     alphas = np.linspace(0, 1, 21)
-    ppc = [s["ppc"]["score"] <= s["ppc"]["alpha"] for s in sm if s.get("ppc")]
-    typ = [s["typicality"]["atypical"] for s in sm if s.get("typicality")]
+    ppc = [
+        s["ppc"]["score"] <= s["ppc"]["alpha"]
+        for s in sm
+        if s.get("ppc") and s["ppc"].get("score") is not None
+    ]
+    typ = [
+        s["typicality"]["atypical"]
+        for s in sm
+        if s.get("typicality") and s["typicality"].get("atypical") is not None
+    ]
     froms = [s.get("posterior_from", "unknown") for s in sm]
     return {
         "n_maps": len(recs),

@@ -253,12 +253,16 @@ def check_fields(
     """The ``summary.json`` fields of a finished posterior's checks: the input check's
     record (made before the posterior; ``None``: none), the typicality check at the
     posterior's mean and sd when ``typicality`` (the reference file's section; ``None``:
-    skipped) is given (:mod:`diffhmc.inference.typicality`), and, when ``ppc`` is set, the
+    skipped; also for a map with known noise, as the reference is of clean maps) is given
+    (:mod:`diffhmc.inference.typicality`), and, when ``ppc`` is set, the
     posterior-predictive check run now into ``folder`` (``ppc.png``), each with its
     warnings appended to the posterior's. Returns ``(fields, ppc record or None)``."""
     fields = with_input_check(post.summary, input_check)
     fields = {"warnings": post.summary.get("warnings", []), **fields}
-    if typicality is not None:
+    noisy = float(post.summary.get("settings", {}).get("noise_std") or 0.0) > 0
+    if typicality is not None and noisy:  # its reference is of clean maps
+        fields["typicality"] = {"skipped": "the map carries noise (noise_std > 0)"}
+    elif typicality is not None:
         draws = post.theta.reshape(-1, post.theta.shape[-1])
         rec = typicality_record(
             model, density, draws.mean(axis=0), draws.std(axis=0), TypicalityReference(typicality)
@@ -275,8 +279,8 @@ def check_fields(
 def typicality_line(fields: dict[str, Any]) -> str | None:
     """One printed line of a typicality record in ``fields`` (``None``: no check)."""
     rec = fields.get("typicality")
-    if rec is None:
-        return None
+    if rec is None or "skipped" in rec:
+        return None if rec is None else f"typicality: skipped ({rec['skipped']})"
     verdict = "ATYPICAL" if rec["atypical"] else "typical"
     return (
         f"typicality: {verdict} (bound {rec['bound_per_pixel']:.4f} nats/pixel, expected "
