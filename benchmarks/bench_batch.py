@@ -26,7 +26,7 @@ from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.fileio import save_json
 from diffhmc.core.machine import GLIBC_TUNABLES, machine_info
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL, load_model
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
 
 
@@ -95,6 +95,7 @@ def main() -> None:
     # as `diffhmc infer` does (cli re-exec): the workers inherit the malloc tuning
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     cfg = InferenceConfig(
+        **ONE_DRAW,
         n_timesteps=args.timesteps,
         nuts=NUTSConfig(n_chains=4, n_warmup=args.warmup, n_samples=args.samples),
     )

@@ -36,7 +36,7 @@ import torch
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.emulator.checkpoint import LoadedModel, load_model, read_checkpoint, resolve_model
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.inference.posterior import infer_map
@@ -82,7 +82,9 @@ def model_256(args: argparse.Namespace) -> LoadedModel:
 
 
 def grad_rates(model: Any, density: np.ndarray, args: argparse.Namespace) -> list[dict]:
-    cfg = InferenceConfig(n_timesteps=args.timesteps, n_draws=args.draws, max_batch=10**9)
+    cfg = InferenceConfig(
+        **{**ONE_DRAW, "n_draws": args.draws}, n_timesteps=args.timesteps, max_batch=10**9
+    )
     like = MapLikelihood(model, prepare_map(density, model), cfg)
     pot = Potential(like, model.space)
     gen = torch.Generator().manual_seed(0)
@@ -186,8 +188,9 @@ def posteriors(
     """The posterior part; ``save(res)`` after each posterior (a run cut short keeps them)."""
     res: dict[str, Any] = {"truth": truth.tolist()}
     nuts = NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=0)
+    one = {**ONE_DRAW, "n_draws": args.draws}
     acc_cfg = InferenceConfig(
-        n_timesteps=args.timesteps, n_draws=args.draws, nuts=nuts, max_batch=args.max_batch
+        **one, n_timesteps=args.timesteps, nuts=nuts, max_batch=args.max_batch
     )
     t0 = time.perf_counter()
     acc = infer_map(model, density, acc_cfg, truth=truth)
@@ -198,7 +201,7 @@ def posteriors(
         n_warmup=args.long_warmup, n_samples=args.long_samples, seed=1, vectorize=True
     )
     ex_cfg = InferenceConfig(
-        method="exact", n_timesteps=args.timesteps, n_draws=args.draws, nuts=long, max_batch=10**9
+        **one, method="exact", n_timesteps=args.timesteps, nuts=long, max_batch=10**9
     )
     t0 = time.perf_counter()
     ex = infer_map(model, density, ex_cfg, truth=truth)

@@ -36,7 +36,7 @@ import torch
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.emulator.checkpoint import load_model
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.inference.posterior import infer_map
@@ -78,7 +78,7 @@ def levers(args: argparse.Namespace) -> dict[str, Any]:
         rows[f"bf16_{args.threads}_threads"] = 4 / _time(lambda: net(xb[:4], tb[:4], thb[:4]), 1)
     out["forward_rows_per_s"] = rows
 
-    like = MapLikelihood(model, x0, InferenceConfig(n_timesteps=args.timesteps))
+    like = MapLikelihood(model, x0, InferenceConfig(**ONE_DRAW, n_timesteps=args.timesteps))
 
     def grad(b: int) -> None:
         th = torch.tensor([[0.3, 0.8]] * b, dtype=torch.float64, requires_grad=True)
@@ -94,6 +94,7 @@ def levers(args: argparse.Namespace) -> dict[str, Any]:
     out["rows_per_loglik"] = {f"K{k}": k for k in (5, 10, 20, 40)}
 
     cfg = InferenceConfig(
+        **ONE_DRAW,
         n_timesteps=args.timesteps,
         grid_check=args.grid,
         nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=0),
@@ -138,10 +139,12 @@ def plain(args: argparse.Namespace) -> dict[str, Any]:
     )
     runs: dict[str, Any] = {}
     for method, cfg in (
-        ("accelerated", InferenceConfig(n_timesteps=args.plain_timesteps)),
+        ("accelerated", InferenceConfig(**ONE_DRAW, n_timesteps=args.plain_timesteps)),
         (
             "plain_nuts",
-            InferenceConfig(n_timesteps=args.plain_timesteps, method="exact", nuts=nuts),
+            InferenceConfig(
+                **ONE_DRAW, n_timesteps=args.plain_timesteps, method="exact", nuts=nuts
+            ),
         ),
     ):
         t0 = time.perf_counter()

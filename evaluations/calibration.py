@@ -53,7 +53,7 @@ from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation import metrics
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.input_reference import SHIPPED_REFERENCE
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.workflows.batch_infer import infer_dataset, load_batch_run
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
     cfg = InferenceConfig(
+        **{**ONE_DRAW, "n_draws": args.draws},
         n_timesteps=args.timesteps,
-        n_draws=args.draws,
         full_bound=args.full_bound,
         max_batch=args.max_batch,
         nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),

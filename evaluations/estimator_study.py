@@ -37,7 +37,7 @@ import torch
 from diffhmc.core.fileio import load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.emulator.checkpoint import load_model, model_sha256, resolve_model
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.estimator_noise import (
     gradient_noise_cov,
     laplace_scatter,
@@ -74,7 +74,7 @@ def measure_map(
     out: dict[str, Any] = {}
     for k in ks:
         t0 = time.perf_counter()
-        like, mode, h = located_mode(model, density, InferenceConfig(n_timesteps=k))
+        like, mode, h = located_mode(model, density, InferenceConfig(**ONE_DRAW, n_timesteps=k))
         if not isinstance(like.bound, BoundLikelihood):
             raise SystemExit("the estimator study measures the plain bound (noise_std = 0)")
         bound = BoundLikelihood(
@@ -115,7 +115,7 @@ def measure_antithetic(
     out: dict[str, Any] = {}
     for k, e in rec["settings"].items():
         t0 = time.perf_counter()
-        like = MapLikelihood(model, x0, InferenceConfig(n_timesteps=int(k)))
+        like = MapLikelihood(model, x0, InferenceConfig(**ONE_DRAW, n_timesteps=int(k)))
         bound = BoundLikelihood(
             like.eps_model,
             model.schedule,
@@ -147,7 +147,8 @@ def seed_check(model: Any, density: np.ndarray, ks: list[int], seeds: list[int])
     for k in ks:
         modes = []
         for s in seeds:
-            _, mode, _ = located_mode(model, density, InferenceConfig(n_timesteps=k, noise_seed=s))
+            cfg = InferenceConfig(**ONE_DRAW, n_timesteps=k, noise_seed=s)
+            _, mode, _ = located_mode(model, density, cfg)
             modes.append(mode.tolist())
         out[str(k)] = {"seeds": seeds, "modes": modes}
     return out
@@ -437,27 +438,37 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     return rep
 
 
+def _family(s: dict[str, Any]) -> str:
+    if s.get("timestep_draws"):
+        return "antithetic, more pairs at small t"
+    return "antithetic pairs" if s.get("antithetic") else "independent draws"
+
+
 def _figure(settings: list[dict[str, Any]], names: list[str]) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3.5))
+    fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
+    series = sorted({(s["timesteps"], _family(s)) for s in settings})
     for j, n in enumerate(names):
         ax = fig.add_subplot(1, 2, j + 1)
-        for k in sorted({s["timesteps"] for s in settings}):
-            ss = [s for s in settings if s["timesteps"] == k]
+        for k, fam in series:
+            ss = sorted(
+                (s for s in settings if s["timesteps"] == k and _family(s) == fam),
+                key=lambda s: s["cost_rows"],
+            )
             x = [s["cost_rows"] for s in ss]
             y = [s["scatter_over_sd"][n] for s in ss]
             lo = [y_ - s["scatter_over_sd_ci95"][n][0] for y_, s in zip(y, ss, strict=True)]
             hi = [s["scatter_over_sd_ci95"][n][1] - y_ for y_, s in zip(y, ss, strict=True)]
-            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=f"K = {k}")
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", ms=3, capsize=2, label=f"K = {k}, {fam}")
         ax.axhline(TARGET, color="k", ls="--", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("network rows per log L (K M)")
+        ax.set_xlabel("network rows per log L")
         ax.set_ylabel("between-seed sd of mean / posterior sd")
         ax.set_title(n)
-        ax.legend()
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

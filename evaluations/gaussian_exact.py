@@ -52,7 +52,7 @@ from diffhmc.data.selection import held_out_fields
 from diffhmc.emulator.checkpoint import export_for_inference, load_model
 from diffhmc.emulator.oracle import eps_mse_vs_oracle, oracle_model
 from diffhmc.emulator.train import split_tensors
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.grid import compare_moments, grid_moments, grid_points
 from diffhmc.simulation.design import latin_hypercube_unit
 from diffhmc.simulation.gaussian import GaussianFieldFamily
@@ -151,8 +151,6 @@ def variant_draws(name: str) -> dict[str, Any]:
     if m is None or m.group(4) is None:
         return {}
     out: dict[str, Any] = {"n_draws": int(m.group(4)), "antithetic": m.group(5) == "a"}
-    if m.group(6) and m.group(2) == "is":
-        raise SystemExit(f"error: {name}: timestep_draws apply to the first-K bound (k), not is")
     if m.group(6):
         out["timestep_draws"] = tuple(int(v) for v in m.group(6).split("."))
     return out
@@ -188,13 +186,10 @@ def cmd_check(args: argparse.Namespace) -> None:
         oracle, kind, k = parse_variant(variant)
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
         m = oracle_model(args.model, fam) if oracle else model
-        draws = variant_draws(variant)
-        if draws.get("timestep_draws"):
-            w = None  # unit weights: the draws' own weights come from timestep_draws
         cfg = InferenceConfig(
             timesteps=tuple(ts),
             bound_weights=w,
-            **draws,
+            **{**ONE_DRAW, **variant_draws(variant)},
             locate_timesteps=len(ts) if args.locate_full else 4,
             nuts=NUTSConfig(n_warmup=args.warmup, n_samples=args.samples, seed=args.seed),
         )
@@ -296,7 +291,7 @@ def cmd_bound_gap(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: bound-gap takes M = 1 variants only, got {variant}")
         _, kind, k = parse_variant(variant.removeprefix("oracle-"))
         ts, w = variant_timesteps(kind, k, model.schedule, args.is_seed)
-        cfg = InferenceConfig(timesteps=tuple(ts), bound_weights=w, max_batch=4096)
+        cfg = InferenceConfig(**ONE_DRAW, timesteps=tuple(ts), bound_weights=w, max_batch=4096)
         recs = []
         for i in fields:
             like = MapLikelihood(like_model, prepare_map(np.power(10.0, x[i]), like_model), cfg)

@@ -33,7 +33,7 @@ from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset
 from diffhmc.emulator.checkpoint import load_model
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.grid import compare_moments, grid_axes, grid_moments, grid_points
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 from diffhmc.workflows.batch_infer import load_batch_run
@@ -74,15 +74,15 @@ def one_map(model, ds, rec: dict, args: argparse.Namespace) -> dict:
         return out.double()  # (N, M, K)
 
     variants: dict[str, dict] = {}
-    terms = evaluate(InferenceConfig(n_timesteps=max(KS)))[:, 0, :]  # (N, 40)
+    terms = evaluate(InferenceConfig(**ONE_DRAW, n_timesteps=max(KS)))[:, 0, :]  # (N, 40)
     for k in KS:
         ll = -terms[:, :k].sum(1).numpy().reshape(shape)
         variants[f"K{k}"] = _variant(axes, ll, space)
-    t_m4 = evaluate(InferenceConfig(n_timesteps=5, n_draws=4))
+    t_m4 = evaluate(InferenceConfig(**{**ONE_DRAW, "n_draws": 4}, n_timesteps=5))
     variants["K5_M4"] = _variant(axes, -t_m4.sum(-1).mean(-1).numpy().reshape(shape), space)
-    t_s1 = evaluate(InferenceConfig(n_timesteps=5, noise_seed=1))
+    t_s1 = evaluate(InferenceConfig(**ONE_DRAW, n_timesteps=5, noise_seed=1))
     variants["K5_seed1"] = _variant(axes, -t_s1.sum(-1).mean(-1).numpy().reshape(shape), space)
-    cfg_full = InferenceConfig(full_bound=args.full_bound)
+    cfg_full = InferenceConfig(**ONE_DRAW, full_bound=args.full_bound)
     like_full = MapLikelihood(model, x0, cfg_full)
     w = like_full.bound.weights.double()
     t_full = evaluate(cfg_full)

@@ -99,6 +99,8 @@ def check(recs: list[dict[str, Any]], t: float, n: int, dataset: Path) -> list[d
     cfg = InferenceConfig(
         n_timesteps=st["n_timesteps"],
         n_draws=st["n_draws"],
+        antithetic=bool(st.get("antithetic", False)),
+        timestep_draws=None if st.get("timestep_draws") is None else tuple(st["timestep_draws"]),
         noise_seed=st["noise_seed"],
         max_batch=st["max_batch"],
         # the sampler of the runs being checked (runs before lockstep chains had none)

@@ -112,13 +112,17 @@ def test_timestep_draws_expand_into_weighted_repeats() -> None:
     assert ts == [0, 0, 1, 1, 1, 2, 3]
     assert w == pytest.approx((0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0, 1.0))
     assert cfg.to_dict()["timestep_draws"] == [2, 3] and cfg.to_dict()["timesteps"] == [0, 1, 2, 3]
-    assert InferenceConfig(n_timesteps=4).terms() == ([0, 1, 2, 3], None)
+    assert InferenceConfig(n_timesteps=4, timestep_draws=None).terms() == ([0, 1, 2, 3], None)
     with pytest.raises(DiffHMCError, match="1 to 4 integers >= 1"):
         InferenceConfig(n_timesteps=4, timestep_draws=(1, 1, 1, 1, 2))
     with pytest.raises(DiffHMCError, match="1 to 4 integers >= 1"):
         InferenceConfig(n_timesteps=4, timestep_draws=(0,))
-    with pytest.raises(DiffHMCError, match="plain bound with unit weights"):
-        InferenceConfig(full_bound=8, timestep_draws=(2,))
+    # weighted and full bounds: the k-th term's weight is shared by its copies
+    w = InferenceConfig(timesteps=(0, 3), bound_weights=(2.0, 4.0), timestep_draws=(2,))
+    assert w.terms() == ([0, 0, 3], [1.0, 1.0, 4.0])
+    assert InferenceConfig(full_bound=8, timestep_draws=(2, 2)).timestep_draws == (2, 2)
+    with pytest.raises(DiffHMCError, match="1 to 8 integers"):
+        InferenceConfig(full_bound=8, timestep_draws=(1,) * 9)
 
 
 def test_repeated_timesteps_need_weights_and_give_the_weighted_mean() -> None:

@@ -76,27 +76,33 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
+    """The inference options; their defaults are :class:`InferenceConfig`'s (one home)."""
+    from diffhmc.inference.config import InferenceConfig
+
+    d = InferenceConfig()
     g = p.add_argument_group("inference")
     g.add_argument(
         "--method",
         choices=("surrogate", "exact"),
-        default="surrogate",
+        default=d.method,
         help="NUTS on a checked surrogate of the bound (fast on CPU) or on the bound itself",
     )
-    g.add_argument("--timesteps", type=int, default=20, help="use timesteps 0..K-1 of the bound")
+    g.add_argument(
+        "--timesteps", type=int, default=d.n_timesteps, help="use timesteps 0..K-1 of the bound"
+    )
     g.add_argument(
         "--full-bound",
         type=int,
-        default=0,
+        default=d.full_bound,
         metavar="N",
         help="instead of timesteps 0..K-1: an unbiased estimate of the full bound from N "
         "importance-sampled timesteps",
     )
-    g.add_argument("--draws", type=int, default=1, help="noise draws per timestep")
+    g.add_argument("--draws", type=int, default=d.n_draws, help="noise draws per timestep")
     g.add_argument(
         "--antithetic",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=d.antithetic,
         help="draw the bound's noise in +-eps pairs (needs an even --draws; cancels the "
         "gradient noise that is odd in eps)",
     )
@@ -104,10 +110,10 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "--timestep-draws",
         type=int,
         nargs="+",
-        default=None,
+        default=None if d.timestep_draws is None else list(d.timestep_draws),
         metavar="m",
         help="m_k times the draws at the k-th timestep (the rest: 1x), weighted 1/m_k: more "
-        "draws where the gradient noise is (e.g. 2 3 2)",
+        "draws where the gradient noise is (e.g. 2 3 2; 1: none)",
     )
     g.add_argument(
         "--noise-seed",
@@ -119,13 +125,15 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--locate-start",
         choices=("grid", "npe"),
-        default="grid",
+        default=d.locate_start,
         help="where the search for the posterior starts: a coarse grid of the bound, or the "
         "shipped NPE's estimate (falls back to the grid)",
     )
-    g.add_argument("--chains", type=int, default=4, help="NUTS chains")
-    g.add_argument("--warmup", type=int, default=300, help="NUTS warm-up iterations per chain")
-    g.add_argument("--samples", type=int, default=500, help="NUTS draws per chain")
+    g.add_argument("--chains", type=int, default=d.nuts.n_chains, help="NUTS chains")
+    g.add_argument(
+        "--warmup", type=int, default=d.nuts.n_warmup, help="NUTS warm-up iterations per chain"
+    )
+    g.add_argument("--samples", type=int, default=d.nuts.n_samples, help="NUTS draws per chain")
     g.add_argument("--mcmc-seed", type=int, default=0, help="seed of the chains")
     g.add_argument(
         "--sampler",
@@ -164,15 +172,19 @@ def inference_config(args: argparse.Namespace) -> Any:
     from diffhmc.inference.config import InferenceConfig
     from diffhmc.inference.mcmc import NUTSConfig
 
+    td = None if args.timestep_draws is None else tuple(args.timestep_draws)
+    noise_std = getattr(args, "noise_std", 0.0)
+    if td is not None and all(m == 1 for m in td):
+        td = None  # "--timestep-draws 1": no extra draws
     return InferenceConfig(
         method=args.method,
         n_timesteps=args.timesteps,
         n_draws=args.draws,
         antithetic=args.antithetic,
-        timestep_draws=None if args.timestep_draws is None else tuple(args.timestep_draws),
+        timestep_draws=td,
         noise_seed=args.noise_seed,
         locate_start=args.locate_start,
-        noise_std=getattr(args, "noise_std", 0.0),
+        noise_std=noise_std,
         full_bound=args.full_bound,
         grid_check=args.grid,
         temperature=args.temperature,

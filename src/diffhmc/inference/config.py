@@ -15,11 +15,17 @@ from typing import Any
 from diffhmc.core.errors import DiffHMCError, check_int_fields
 from diffhmc.inference.mcmc import NUTSConfig
 
-__all__ = ["METHODS", "InferenceConfig"]
+__all__ = ["METHODS", "ONE_DRAW", "InferenceConfig"]
 
 METHODS = ("surrogate", "exact")
 """``"surrogate"``: NUTS on a fitted surrogate of ``log L``, corrected by importance
 weights (:mod:`diffhmc.inference.surrogate_posterior`); ``"exact"``: NUTS on the bound."""
+
+
+ONE_DRAW: dict[str, Any] = {"n_draws": 1, "antithetic": False, "timestep_draws": None}
+"""The estimator of the paper and of every run before the estimator study: one independent
+noise draw per timestep. ``InferenceConfig(**ONE_DRAW, ...)`` pins it whatever the
+defaults are."""
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,20 @@ class InferenceConfig:
     (:meth:`diffhmc.inference.likelihood.BoundEstimator._setup`)."""
     timestep_draws: tuple[int, ...] | None = None
     """More noise draws where the gradient noise is: ``timestep_draws[k]`` times
-    ``n_draws`` draws at the ``k``-th timestep (``k < len``; the others ``n_draws``), each
-    weighted ``1 / timestep_draws[k]`` (the bound stays unbiased). E.g. ``(2, 3, 2)`` with
-    ``n_draws = 2`` and ``antithetic``: 2, 3 and 2 antithetic pairs at ``t = 0, 1, 2``
-    (:meth:`terms`). Plain bound only (not with ``full_bound``, ``bound_weights`` or
-    ``noise_std``)."""
+    ``n_draws`` draws at the ``k``-th term of the bound (``k < len``; the others
+    ``n_draws``), each weighted ``1 / timestep_draws[k]`` (the bound stays unbiased). E.g.
+    ``(2, 3, 2)`` with ``n_draws = 2`` and ``antithetic``: 2, 3 and 2 antithetic pairs at
+    ``t = 0, 1, 2`` (:meth:`terms`; with ``noise_std`` the terms count from the matched
+    level, with ``full_bound`` they are the drawn timesteps in ascending order)."""
     noise_seed: int | None = None
     """Seed of the bound's fixed noise draws (common random numbers) and of the full bound's
     timesteps. ``None`` (default): derived from the map itself
     (:func:`diffhmc.inference.map_likelihood.map_noise_seed`), so no two maps share the
     estimator's noise while the same map always gets the same posterior; the seed used is
     in the summary (``noise_seed_used``). An integer fixes it for every map."""
-    nuts: NUTSConfig = field(default_factory=NUTSConfig)
+    nuts: NUTSConfig = field(default_factory=lambda: NUTSConfig(n_warmup=300, n_samples=500))
+    """The sampler: 4 lockstep chains x (300 warm-up + 500 draws) by default, as
+    ``diffhmc infer`` runs it."""
     n_correction: int = 24
     """Surrogate method: distinct draws at which the exact bound checks the surrogate."""
     max_log_weight_std: float = 0.1
@@ -115,7 +123,10 @@ class InferenceConfig:
         if not isinstance(self.antithetic, bool):
             raise DiffHMCError(f"antithetic must be true or false, got {self.antithetic!r}")
         if self.antithetic and self.n_draws % 2:
-            raise DiffHMCError(f"antithetic draws need an even n_draws, got {self.n_draws}")
+            raise DiffHMCError(
+                f"antithetic draws need an even n_draws, got {self.n_draws} (--no-antithetic: "
+                "independent draws)"
+            )
         if self.locate_start not in ("grid", "npe"):
             raise DiffHMCError(f"locate_start must be 'grid' or 'npe', got {self.locate_start!r}")
         if self.coarse_grid < 3:
@@ -155,22 +166,18 @@ class InferenceConfig:
             object.__setattr__(self, "timestep_draws", self._checked_draws(self.timestep_draws))
 
     def _checked_draws(self, draws: Any) -> tuple[int, ...]:
-        """``timestep_draws`` as a tuple of integers >= 1, at most one per timestep, for the
-        plain bound with unit weights."""
-        if self.full_bound or self.bound_weights is not None or self.noise_std > 0:
-            raise DiffHMCError(
-                "timestep_draws apply to the plain bound with unit weights only (not with "
-                "full_bound, bound_weights or noise_std)"
-            )
+        """``timestep_draws`` as a tuple of integers >= 1, at most one per term of the
+        bound (``full_bound`` terms, else the timesteps)."""
+        n_terms = self.full_bound or len(self.timestep_list())
         try:
             items = list(draws)
         except TypeError:
             items = [None]
         ok = all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in items)
-        if not ok or not 1 <= len(items) <= len(self.timestep_list()):
+        if not ok or not 1 <= len(items) <= n_terms:
             raise DiffHMCError(
-                f"timestep_draws must be 1 to {len(self.timestep_list())} integers >= 1 (one "
-                f"per leading timestep), got {draws!r}"
+                f"timestep_draws must be 1 to {n_terms} integers >= 1 (one per leading term "
+                f"of the bound), got {draws!r}"
             )
         return tuple(items)
 
@@ -197,20 +204,14 @@ class InferenceConfig:
     def timestep_list(self) -> list[int]:
         return list(self.timesteps) if self.timesteps is not None else list(range(self.n_timesteps))
 
-    def terms(self) -> tuple[list[int], tuple[float, ...] | None]:
-        """The plain bound's terms: timesteps (a timestep with ``timestep_draws[k] = m``
-        repeated ``m`` times) and their weights (``1/m`` each; ``bound_weights`` or
-        ``None`` without ``timestep_draws``)."""
-        ts = self.timestep_list()
-        if self.timestep_draws is None:
-            return ts, self.bound_weights
-        out_t: list[int] = []
-        out_w: list[float] = []
-        for k, t in enumerate(ts):
-            m = self.timestep_draws[k] if k < len(self.timestep_draws) else 1
-            out_t += [t] * m
-            out_w += [1.0 / m] * m
-        return out_t, tuple(out_w)
+    def terms(self) -> tuple[list[int], list[float] | None]:
+        """The first-K bound's terms (not for ``full_bound``, whose timesteps are drawn per
+        map): the timesteps, the ``k``-th repeated ``timestep_draws[k]`` times, and their
+        weights (``bound_weights`` or 1, over the repeats;
+        :func:`diffhmc.inference.timesteps.expand_draws`; ``None``: unit weights)."""
+        from diffhmc.inference.timesteps import expand_draws
+
+        return expand_draws(self.timestep_list(), self.bound_weights, self.timestep_draws)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved with a result: every field (``timesteps`` spelled out, or

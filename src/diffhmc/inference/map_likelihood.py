@@ -19,7 +19,7 @@ from diffhmc.emulator.sampling import EpsModel
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.likelihood import BoundLikelihood, MapBound
 from diffhmc.inference.noisy_likelihood import NoisyBoundLikelihood
-from diffhmc.inference.timesteps import importance_timesteps
+from diffhmc.inference.timesteps import expand_draws, importance_timesteps
 
 if TYPE_CHECKING:
     from diffhmc.emulator.checkpoint import LoadedModel
@@ -111,13 +111,14 @@ class MapLikelihood:
                 seed=self.noise_seed,
                 max_batch=cfg.max_batch,
                 antithetic=cfg.antithetic,
+                timestep_draws=cfg.timestep_draws,
             )
             return
-        timesteps, weights_t = cfg.terms()
-        weights: torch.Tensor | tuple[float, ...] | None = weights_t
+        timesteps, weights = cfg.terms()
         if cfg.full_bound:
             gen = torch.Generator().manual_seed(self.noise_seed + 1)
-            timesteps, weights = importance_timesteps(model.schedule, cfg.full_bound, gen)
+            ts, w = importance_timesteps(model.schedule, cfg.full_bound, gen)
+            timesteps, weights = expand_draws(ts, w, cfg.timestep_draws)
         self.bound = BoundLikelihood(
             self.eps_model,
             model.schedule,

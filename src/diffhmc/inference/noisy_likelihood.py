@@ -110,7 +110,7 @@ from diffhmc.inference.likelihood import (
     check_observed_map,
     chunked_eps,
 )
-from diffhmc.inference.timesteps import importance_timesteps
+from diffhmc.inference.timesteps import expand_draws, importance_timesteps
 
 __all__ = ["NoiseMatch", "match_noise_level", "NoisyBoundLikelihood"]
 
@@ -290,6 +290,7 @@ class NoisyBoundLikelihood(MapBound):
         seed: int = 0,
         max_batch: int | None = None,
         antithetic: bool = False,
+        timestep_draws: Sequence[int] | None = None,
     ) -> NoisyBoundLikelihood:
         """The bound with timesteps counted from the matched level: ``t0 + o`` for the
         ``offsets`` ``o`` (those past ``T`` dropped), or, if ``full_bound > 0``, an unbiased
@@ -297,10 +298,11 @@ class NoisyBoundLikelihood(MapBound):
         (:func:`diffhmc.inference.timesteps.importance_timesteps` with ``start = t0``, generator
         seeded by ``full_bound_seed``). This is how ``InferenceConfig``'s timestep settings
         carry over to a noisy map (the paper's first ``K`` steps become ``K`` steps from
-        ``t0``)."""
+        ``t0``). ``timestep_draws``: more draws at the first of those terms
+        (:func:`diffhmc.inference.timesteps.expand_draws`)."""
         t0 = match_noise_level(schedule, sigma).first_term
         n_steps = schedule.n_steps
-        weights: torch.Tensor | None = None
+        weights: torch.Tensor | list[float] | None = None
         if full_bound:
             gen = torch.Generator().manual_seed(int(full_bound_seed))
             timesteps, weights = importance_timesteps(schedule, full_bound, gen, start=t0)
@@ -311,6 +313,8 @@ class NoisyBoundLikelihood(MapBound):
                     f"the noise matches timestep {t0}: none of the timesteps {list(offsets)} "
                     f"counted from there lies below T = {n_steps}"
                 )
+        if timestep_draws is not None:
+            timesteps, weights = expand_draws(timesteps, weights, timestep_draws)
         return cls(
             eps_model,
             schedule,

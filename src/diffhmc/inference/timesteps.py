@@ -10,13 +10,46 @@ weighted by ``1 / (k q(t))`` (:func:`importance_timesteps`), passed to
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.emulator.schedule import NoiseSchedule
 
-__all__ = ["importance_timesteps", "proposal_probabilities", "proxy_expected_terms"]
+__all__ = [
+    "expand_draws",
+    "importance_timesteps",
+    "proposal_probabilities",
+    "proxy_expected_terms",
+]
+
+
+def expand_draws(
+    timesteps: Sequence[int],
+    weights: Sequence[float] | torch.Tensor | None,
+    draws: Sequence[int] | None,
+) -> tuple[list[int], list[float] | None]:
+    """More noise draws at the first terms of a bound: the ``k``-th timestep repeated
+    ``draws[k]`` times, each copy weighted ``w_k / draws[k]`` (``w_k`` = 1 without
+    ``weights``), so the estimate of the ``w``-weighted sum stays unbiased. ``draws=None``
+    returns the inputs unchanged (``weights`` as a list or ``None``). Raises when ``draws``
+    is longer than ``timesteps``."""
+    ts = [int(t) for t in timesteps]
+    w = None if weights is None else [float(v) for v in weights]
+    if draws is None:
+        return ts, w
+    if len(draws) > len(ts):
+        raise DiffHMCError(
+            f"timestep_draws has {len(draws)} entries but the bound has {len(ts)} terms"
+        )
+    out_t: list[int] = []
+    out_w: list[float] = []
+    for k, t in enumerate(ts):
+        m = int(draws[k]) if k < len(draws) else 1
+        out_t += [t] * m
+        out_w += [(1.0 if w is None else w[k]) / m] * m
+    return out_t, out_w
 
 
 def proxy_expected_terms(schedule: NoiseSchedule, data_var: float = 1.0) -> torch.Tensor:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 
 __all__ = [
@@ -85,7 +85,7 @@ def profile_bound(
         raise DiffHMCError(f"theta0 and scale must have {space.dim} entries, got {t0}, {sc}")
     if not (np.isfinite(t0).all() and np.isfinite(sc).all() and (sc > 0).all()):
         raise DiffHMCError(f"theta0 must be finite and scale > 0, got {t0.tolist()}, {sc.tolist()}")
-    like = MapLikelihood(model, x0, InferenceConfig(n_timesteps=TIMESTEPS))
+    like = MapLikelihood(model, x0, InferenceConfig(**ONE_DRAW, n_timesteps=TIMESTEPS))
     lo = np.maximum(t0 - STENCIL * sc, space.low)
     hi = np.minimum(t0 + STENCIL * sc, space.high)
     lo, hi = np.minimum(lo, hi - 1e-9), np.maximum(hi, lo + 1e-9)
