@@ -217,7 +217,8 @@ def typicality_figure(typ: dict[str, list[dict[str, Any]]], alpha: float) -> Fig
     ax.axvspan(-zc, zc, color="0.9", zorder=0, label=f"typical (p > {alpha})")
     ax.set_yticks(range(len(typ)), [f"{k} (n={len(v)})" for k, v in typ.items()])
     ax.invert_yaxis()
-    ax.set_xscale("symlog", linthresh=3)
+    ax.axvline(-zc, color="k", lw=0.6)
+    ax.axvline(zc, color="k", lw=0.6)
     ax.set(xlabel="typicality z (bound per pixel vs reference at the same theta)")
     ax.legend(fontsize=8)
     return fig
