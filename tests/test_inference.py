@@ -18,7 +18,7 @@ from diffhmc.data.normalization import Normalization
 from diffhmc.emulator.checkpoint import load_model
 from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.diagnostics import summarize_draws
 from diffhmc.inference.map_likelihood import MapLikelihood, map_noise_seed, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig, run_nuts
@@ -286,7 +286,7 @@ def test_bound_weights_reach_the_bound() -> None:
     density = 10.0 ** x.double().numpy()
     x0 = prepare_map(density, model)
     ts, w = (0, 2, 5, 9), (0.5, 2.0, 3.0, 1.5)
-    base = InferenceConfig(timesteps=ts, n_draws=2, max_batch=4096)
+    base = InferenceConfig(**{**ONE_DRAW, "n_draws": 2}, timesteps=ts, max_batch=4096)
     plain = MapLikelihood(model, x0, base)
     unit = MapLikelihood(model, x0, InferenceConfig(**{**base.__dict__, "bound_weights": (1,) * 4}))
     cfg = InferenceConfig(**{**base.__dict__, "bound_weights": w})

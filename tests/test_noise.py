@@ -15,7 +15,7 @@ from diffhmc.data.noise import add_log_noise, normalized_noise_std, unit_noise
 from diffhmc.data.normalization import Normalization
 from diffhmc.emulator.oracle import oracle_gaussian_eps
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig, prior_kl
-from diffhmc.inference.config import InferenceConfig
+from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.likelihood import BoundLikelihood
 from diffhmc.inference.map_likelihood import MapLikelihood
 from diffhmc.inference.noisy_likelihood import NoisyBoundLikelihood, match_noise_level
@@ -358,15 +358,15 @@ def test_inference_config_noise_std_and_map_likelihood() -> None:
     norm = Normalization(log10_min=-1.0, log10_max=1.0)  # sigma_norm = noise_std
     model = SimpleNamespace(net=Net(), schedule=SCHED, space=space, normalization=norm)
     y = _observed(fam, 0.05).float()[None]
-    like = MapLikelihood(model, y, InferenceConfig(n_timesteps=3, noise_std=0.05))  # type: ignore[arg-type]
+    like = MapLikelihood(model, y, InferenceConfig(**ONE_DRAW, n_timesteps=3, noise_std=0.05))  # type: ignore[arg-type]
     assert isinstance(like.bound, NoisyBoundLikelihood)
     t0 = match_noise_level(SCHED, 0.05).first_term
     assert like.bound.timesteps == (t0, t0 + 1, t0 + 2)
     assert like.bound.sigma == pytest.approx(0.05)
     assert like(THETAS).shape == (4,) and like.rows == 12
-    full = MapLikelihood(model, y, InferenceConfig(full_bound=8, noise_std=0.05))  # type: ignore[arg-type]
+    full = MapLikelihood(model, y, InferenceConfig(**ONE_DRAW, full_bound=8, noise_std=0.05))  # type: ignore[arg-type]
     assert min(full.bound.timesteps) >= t0
-    plain = MapLikelihood(model, y, InferenceConfig(n_timesteps=3))  # type: ignore[arg-type]
+    plain = MapLikelihood(model, y, InferenceConfig(**ONE_DRAW, n_timesteps=3))  # type: ignore[arg-type]
     assert isinstance(plain.bound, BoundLikelihood) and plain.bound.timesteps == (0, 1, 2)
 
 

@@ -81,14 +81,14 @@ def loaded(tiny_model: tuple[Path, Path]) -> tuple[object, np.ndarray]:
 
 
 def test_profile_is_at_least_the_bound_at_the_start(loaded: tuple) -> None:
-    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.config import ONE_DRAW, InferenceConfig
     from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 
     model, maps = loaded
     x0 = prepare_map(maps[0], model)
     start = model.space.low + 0.5 * (model.space.high - model.space.low)
     prof = profile_bound(model, x0, start, np.array([0.02, 0.03]))
-    like = MapLikelihood(model, x0, InferenceConfig(n_timesteps=TIMESTEPS))
+    like = MapLikelihood(model, x0, InferenceConfig(**ONE_DRAW, n_timesteps=TIMESTEPS))
     at_start = float(like.batched(torch.as_tensor(start[None])).numpy()[0]) / x0[0].numel()
     assert np.isfinite(prof["bound_per_pixel"]) and prof["bound_per_pixel"] >= at_start - 1e-9
     assert prof["rows"] == 10 * TIMESTEPS

@@ -33,16 +33,12 @@ def expand_draws(
     """More noise draws at the first terms of a bound: the ``k``-th timestep repeated
     ``draws[k]`` times, each copy weighted ``w_k / draws[k]`` (``w_k`` = 1 without
     ``weights``), so the estimate of the ``w``-weighted sum stays unbiased. ``draws=None``
-    returns the inputs unchanged (``weights`` as a list or ``None``). Raises when ``draws``
-    is longer than ``timesteps``."""
+    returns the inputs unchanged (``weights`` as a list or ``None``); entries of ``draws``
+    past the last timestep are unused."""
     ts = [int(t) for t in timesteps]
     w = None if weights is None else [float(v) for v in weights]
     if draws is None:
         return ts, w
-    if len(draws) > len(ts):
-        raise DiffHMCError(
-            f"timestep_draws has {len(draws)} entries but the bound has {len(ts)} terms"
-        )
     out_t: list[int] = []
     out_w: list[float] = []
     for k, t in enumerate(ts):
