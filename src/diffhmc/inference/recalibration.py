@@ -97,12 +97,13 @@ def shipped_recalibration(settings: dict[str, Any]) -> Path:
     path = _shipped_name(b)
     if path is not None and b["temperature"] == 1.0 and path.is_file():
         return path
+    extra = "".join(f", {k} {b[k]}" for k in ("antithetic", "timestep_draws") if k in b)
     raise DiffHMCError(
         "no shipped recalibration for these settings (timesteps "
         f"{ts if ts is None or len(ts) < 8 else f'0..{len(ts) - 1}'}, draws {b['n_draws']}, "
         f"full_bound {b['full_bound']}, noise_std {b['noise_std']}, temperature "
-        f"{b['temperature']}); shipped: {have} (kKmM: --timesteps K --draws M); or fit one "
-        "with `diffhmc recalibrate`"
+        f"{b['temperature']}{extra}); shipped: {have} (kKmM: --timesteps K --draws M "
+        "--no-antithetic --timestep-draws 1); or fit one with `diffhmc recalibrate`"
     )
 
 
