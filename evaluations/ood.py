@@ -50,11 +50,11 @@ from diffhmc.core.machine import machine_info
 from diffhmc.data.generate import load_or_generate
 from diffhmc.data.noise import add_log_noise
 from diffhmc.emulator.checkpoint import load_model, model_sha256
-from diffhmc.evaluation.metrics import wilson_interval
 from diffhmc.inference.input_check import check_map
 from diffhmc.inference.input_reference import SHIPPED_REFERENCE, STATISTICS, load_reference
 from diffhmc.simulation.design import simulation_seeds
 from diffhmc.simulation.simulator import SimConfig
+from diffhmc.workflows.calibration import rate_with_interval
 
 H = 0.6711
 TRAINING_SEEDS = simulation_seeds(0, 1000)  # data/pm64
@@ -82,12 +82,6 @@ def one_map_per_sim(ds: Any, seed: int) -> tuple[np.ndarray, list[int]]:
     return np.stack([np.asarray(ds.maps[r], dtype=np.float64) for r in rows]), rows
 
 
-def rate(flags: list[bool]) -> dict[str, Any]:
-    k, n = int(sum(flags)), len(flags)
-    lo, hi = wilson_interval(k, n)
-    return {"rate": k / n, "hits": k, "n": n, "wilson95": [lo, hi]}
-
-
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     verdicts = [r["verdict"] for r in records]
     fired = {
@@ -96,8 +90,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
     return {
         "n": len(records),
-        "detection_rate": rate([v != "ok" for v in verdicts]),
-        "refuse_rate": rate([v == "refuse" for v in verdicts]),
+        "detection_rate": rate_with_interval([v != "ok" for v in verdicts]),
+        "refuse_rate": rate_with_interval([v == "refuse" for v in verdicts]),
         "verdicts": {v: verdicts.count(v) for v in ("ok", "warn", "refuse")},
         "statistic_fired": fired,
         "median_max_excess_widths": float(np.median([r["max_excess_widths"] for r in records])),
@@ -184,7 +178,7 @@ def typicality_report(
     def section(kind: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
         z = np.array([r["z"] for r in recs])
         return {
-            "rate": rate([r["atypical"] for r in recs]),
+            "rate": rate_with_interval([r["atypical"] for r in recs]),
             "z_median": float(np.median(z)),
             "z_range": [float(z.min()), float(z.max())],
             "atypical_low": int(sum(r["atypical"] and r["z"] < 0 for r in recs)),
@@ -193,7 +187,7 @@ def typicality_report(
 
     typicality = {k: section(k, recs) for k, recs in typ.items()}
     combined = {
-        k: rate(
+        k: rate_with_interval(
             [
                 r["atypical"] or c["verdict"] != "ok"
                 for r, c in zip(recs, checks[k][: len(recs)], strict=True)
@@ -267,7 +261,7 @@ def main() -> None:
         kinds[name] = simulated(name, overrides, seed, n)
 
     in_records = [check_map(m, ref) for m in indist]
-    false_alarm = rate([r["verdict"] != "ok" for r in in_records])
+    false_alarm = rate_with_interval([r["verdict"] != "ok" for r in in_records])
     results = {name: [check_map(m, ref) for m in maps] for name, maps in kinds.items()}
     report: dict[str, Any] = {
         "false_alarm_rate": false_alarm,
