@@ -51,18 +51,29 @@ def add_sim_config_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="map pixels per side (shortcut for --set map_resolution=R)",
     )
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="named simulator settings to start from (default, converged, ...); "
+        "--config and --set apply on top",
+    )
 
 
 def sim_config(args: argparse.Namespace) -> Any:
     """The SimConfig of :func:`add_sim_config_args`' options (validated)."""
-    from diffhmc.core.config import load_config
+    from diffhmc.core.config import config_values, load_config
     from diffhmc.simulation.simulator import SimConfig
 
     fixed = {} if args.resolution is None else {"map_resolution": args.resolution}
+    preset = getattr(args, "preset", None)
+    base = None
+    if preset is not None:  # the preset, then the YAML file's keys over it
+        base = {**SimConfig.preset(preset).to_dict(), **config_values(args.config)}
     return load_config(
         SimConfig,
         args.config,
         args.overrides,
+        base=base,
         fill_defaults=True,
         what="simulation settings",
         **fixed,

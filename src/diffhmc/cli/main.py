@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from diffhmc import __version__
 from diffhmc.cli import baseline, dataset, demo, infer, maps, robustness, train
@@ -85,9 +87,15 @@ def _maybe_reexec_with_tunables(argv: list[str]) -> None:
             pass  # carry on without the tuning
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line (tests pass argv and never re-exec)
         _maybe_reexec_with_tunables(sys.argv[1:])
+        # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: workers stopped, finished kept
+        signal.signal(signal.SIGTERM, _interrupt)
     args = build_parser().parse_args(argv)
     forget_run_dirs()
     try:

@@ -87,6 +87,27 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _remove_partial_shards(shards: Path) -> None:
+    """Delete temporary files of shards whose writer was killed mid-write."""
+    for tmp in shards.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor, shards: Path) -> None:
+    """Cancel pending simulations and terminate running ones now: finished shards stay,
+    a shard being written is removed."""
+    procs = dict(getattr(pool, "_processes", None) or {})  # no public API before 3.14
+    for proc in procs.values():
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs.values():
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    _remove_partial_shards(shards)
+
+
 def _simulate_shard(
     simulate_fn: Callable[..., np.ndarray],
     index: int,
@@ -141,8 +162,8 @@ def _run_shards(
                     f"script without an `if __name__ == '__main__':` guard, which spawned "
                     f"workers need); finished simulations are kept in {shards}: rerun to resume"
                 ) from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:  # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the CLI
+                _stop_workers(pool, shards)
                 raise
             pool.shutdown(wait=True)
 
@@ -210,6 +231,7 @@ def generate_dataset(
     )
     shards = target / SHARDS_DIR
     _record_plan(shards, plan, target)
+    _remove_partial_shards(shards)
 
     jobs: list[tuple[Any, ...]] = []
     for i in range(n):

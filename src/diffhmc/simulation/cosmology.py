@@ -1,4 +1,8 @@
-"""Flat LambdaCDM background, linear growth and the Eisenstein-Hu no-wiggle power spectrum.
+"""Flat LambdaCDM background, linear growth and the linear power spectrum: the
+Eisenstein-Hu no-wiggle shape (``transfer="eh"``, what the shipped model's maps used) or
+CAMB's, tabulated over Omega_m for CAMELS' fixed Omega_b, h, n_s (``transfer="camb"``;
+``scripts/build_transfer_table.py``, camb itself not needed). Over 0.25-16 h/Mpc the two
+differ by up to 3-5% at equal sigma_8 (``evaluations/linear_power.py``).
 
 Units: wavenumbers in h/Mpc, lengths in Mpc/h, P(k) in (Mpc/h)^3, scale factor a (a = 1 today).
 The CAMELS suite's fixed parameters are the defaults: Omega_b = 0.049, h = 0.6711,
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import integrate
@@ -20,6 +26,20 @@ RHO_CRIT = 2.77536627e11
 
 T_CMB = 2.7255
 
+TRANSFER_TABLE = Path(__file__).with_name("transfer_camb.npz")
+"""CAMB linear-power shapes ``log T^2(k)`` on an Omega_m grid (``transfer="camb"``)."""
+TRANSFERS = ("eh", "camb")
+
+
+@functools.lru_cache(maxsize=1)
+def _camb_table() -> dict[str, np.ndarray]:
+    if not TRANSFER_TABLE.is_file():
+        raise DiffHMCError(
+            f"CAMB transfer table {TRANSFER_TABLE} is missing: run scripts/build_transfer_table.py"
+        )
+    with np.load(TRANSFER_TABLE) as z:
+        return {key: z[key] for key in z.files}
+
 
 @dataclass(frozen=True)
 class Cosmology:
@@ -30,8 +50,12 @@ class Cosmology:
     omega_b: float = 0.049
     h: float = 0.6711
     n_s: float = 0.9624
+    transfer: str = "eh"
+    """Linear power shape: ``"eh"`` (Eisenstein-Hu no-wiggle) or ``"camb"`` (tabulated)."""
 
     def __post_init__(self) -> None:
+        if self.transfer not in TRANSFERS:
+            raise DiffHMCError(f"transfer must be one of {TRANSFERS}, got {self.transfer!r}")
         if not (0.0 < self.omega_b < self.omega_m < 1.0):
             raise DiffHMCError(
                 f"need 0 < Omega_b < Omega_m < 1, got Omega_b={self.omega_b}, "
@@ -40,8 +64,11 @@ class Cosmology:
         if not (self.sigma_8 > 0 and self.h > 0):
             raise DiffHMCError(f"sigma_8 and h must be positive, got {self.sigma_8}, {self.h}")
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.transfer == "eh":  # records made before the option stay equal
+            d.pop("transfer")
+        return d
 
     @property
     def omega_cdm(self) -> float:
@@ -113,8 +140,32 @@ class Cosmology:
         c0 = 14.2 + 731.0 / (1.0 + 62.5 * q)
         return l0 / (l0 + c0 * q**2)
 
+    def transfer_camb(self, k: np.ndarray) -> np.ndarray:
+        """``T(k)^2`` (up to a constant) from the CAMB table: linear in Omega_m between grid
+        points, linear in ``log k`` (``k`` beyond the table is clamped to its ends)."""
+        t = _camb_table()
+        fixed = {"omega_b": self.omega_b, "h": self.h, "n_s": self.n_s}
+        for key, value in fixed.items():
+            if not np.isclose(float(t[key]), value, rtol=1e-6):
+                raise DiffHMCError(
+                    f"the CAMB transfer table is for {key}={float(t[key])}, got {value}; "
+                    f"use transfer='eh' or rebuild the table"
+                )
+        grid = t["omega_m"]
+        if not grid[0] <= self.omega_m <= grid[-1]:
+            raise DiffHMCError(
+                f"Omega_m={self.omega_m} is outside the CAMB table [{grid[0]}, {grid[-1]}]"
+            )
+        j = int(np.clip(np.searchsorted(grid, self.omega_m) - 1, 0, len(grid) - 2))
+        w = (self.omega_m - grid[j]) / (grid[j + 1] - grid[j])
+        row = (1 - w) * t["log_t2"][j] + w * t["log_t2"][j + 1]
+        lnk = np.log(np.clip(np.asarray(k, dtype=np.float64), t["k"][0], t["k"][-1]))
+        return np.exp(np.interp(lnk, np.log(t["k"]), row))
+
     def pk_shape(self, k: np.ndarray) -> np.ndarray:
-        """Unnormalised linear ``P(k) / A = k^n_s T(k)^2`` (Eisenstein-Hu no-wiggle ``T``)."""
+        """Unnormalised linear ``P(k) / A = k^n_s T(k)^2`` (``T`` from :attr:`transfer`)."""
+        if self.transfer == "camb":
+            return np.asarray(k) ** self.n_s * self.transfer_camb(k)
         return np.asarray(k) ** self.n_s * self.transfer_eh_nowiggle(k) ** 2
 
     def sigma_r(self, r: float, amplitude: float = 1.0) -> float:
