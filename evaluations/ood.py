@@ -50,11 +50,11 @@ from diffhmc.core.machine import machine_info
 from diffhmc.data.generate import load_or_generate
 from diffhmc.data.noise import add_log_noise
 from diffhmc.emulator.checkpoint import load_model, model_sha256
+from diffhmc.evaluation.metrics import rate_with_interval
 from diffhmc.inference.input_check import check_map
 from diffhmc.inference.input_reference import SHIPPED_REFERENCE, STATISTICS, load_reference
 from diffhmc.simulation.design import simulation_seeds
 from diffhmc.simulation.simulator import SimConfig
-from diffhmc.workflows.calibration import rate_with_interval
 
 H = 0.6711
 TRAINING_SEEDS = simulation_seeds(0, 1000)  # data/pm64

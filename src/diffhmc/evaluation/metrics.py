@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ __all__ = [
     "sbc_ranks",
     "tarp_coverage",
     "tarp_fraction",
+    "rate_with_interval",
     "wilson_interval",
     "z_scores",
 ]
@@ -59,6 +61,15 @@ def wilson_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, floa
     mid = (p + zq**2 / (2 * n)) / den
     half = zq * math.sqrt(p * (1 - p) / n + zq**2 / (4 * n**2)) / den
     return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def rate_with_interval(flags: Sequence[bool] | np.ndarray) -> dict[str, Any]:
+    """``{"rate", "hits", "n", "wilson95"}`` of boolean ``flags`` (at least one): the one
+    form every reported rate (coverage, false alarm, detection) takes."""
+    k, n = int(np.sum(flags)), len(flags)
+    if n == 0:
+        raise DiffHMCError("rate_with_interval needs at least one flag")
+    return {"rate": k / n, "hits": k, "n": n, "wilson95": list(wilson_interval(k, n))}
 
 
 def _draws(draws: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["robustness_figure"]
+__all__ = ["robustness_figure", "robustness_summary_figure"]
 
 COLORS = {"cnn": "tab:orange", "npe": "tab:green", "dhmc": "tab:blue", "dhmc-noise": "tab:purple"}
 """One colour per method, the same whichever methods a figure shows."""
@@ -70,4 +70,45 @@ def robustness_figure(
     handles, labs = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labs, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def robustness_summary_figure(
+    report: Mapping[str, object],
+    methods: Sequence[str],
+    names: Sequence[str],
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """Mean |bias| (%) and 68% coverage against the noise level, one column per parameter,
+    one line per method, with their 95% intervals (bootstrap for |bias|, Wilson for
+    coverage); ``report`` as :func:`diffhmc.workflows.robustness_report.paired_report`."""
+    labels = labels or {}
+    levels = report["levels"]
+    assert isinstance(levels, Mapping)
+    xs = [float(lv) for lv in levels]
+    fig = Figure(figsize=(4.2 * len(names) + 0.5, 6.4))
+    axes = fig.subplots(2, len(names), squeeze=False)
+    for j, name in enumerate(names):
+        for k, m in enumerate(methods):
+            color = COLORS.get(m, OTHER_COLORS[k % len(OTHER_COLORS)])
+            off = (k - (len(methods) - 1) / 2) * 0.0012
+            x = np.array(xs) + off
+            rows = [levels[lv][name][m] for lv in levels]
+            for ax, key, ci in (
+                (axes[0, j], "mean_abs_bias_pct", "mean_abs_bias_pct_ci"),
+                (axes[1, j], "coverage_68", "ci_68"),
+            ):
+                y = np.array([r[key] for r in rows])
+                err = np.array(
+                    [[y_i - r[ci][0], r[ci][1] - y_i] for y_i, r in zip(y, rows, strict=True)]
+                ).T
+                ax.errorbar(x, y, yerr=err.clip(min=0), fmt="o-", ms=3, lw=1, capsize=2,
+                            color=color, label=labels.get(m, m))  # fmt: skip
+        axes[0, j].set(title=name, ylabel="mean |bias| (%)", yscale="log")
+        axes[1, j].axhline(0.68, color="k", ls=":", lw=0.8)
+        axes[1, j].set(xlabel="noise std (dex on log10)", ylabel="68% coverage", ylim=(0, 1))
+    handles, labs = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labs, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.suptitle(f"Noise robustness, {report['n_maps']} maps (95% intervals)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     return fig

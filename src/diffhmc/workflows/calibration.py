@@ -19,6 +19,7 @@ import numpy as np
 
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation import metrics
+from diffhmc.evaluation.metrics import rate_with_interval
 
 __all__ = ["KEEP_DRAWS", "posterior_sample", "raw_calibration", "rate_with_interval"]
 
@@ -39,12 +40,6 @@ def posterior_sample(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]
             return theta, w / w.sum(), False
         return d, np.full(len(d), 1.0 / len(d)), True
     return d, np.full(len(d), 1.0 / len(d)), False
-
-
-def rate_with_interval(flags: list[bool]) -> dict[str, Any]:
-    """``{"rate", "hits", "n", "wilson95"}`` of boolean ``flags`` (at least one)."""
-    k, n = int(sum(flags)), len(flags)
-    return {"rate": k / n, "hits": k, "n": n, "wilson95": list(metrics.wilson_interval(k, n))}
 
 
 def raw_calibration(recs: list[dict[str, Any]], space: ParamSpace, seed: int) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def write_outputs(
     names: Sequence[str],
     picks: Sequence[tuple[int, int]],
 ) -> None:
-    from diffhmc.plots.robustness import robustness_figure
+    from diffhmc.plots.robustness import robustness_figure, robustness_summary_figure
 
     save_json(out / "table.json", {**table, "package_version": __version__})
     buf = io.StringIO()
@@ -122,6 +122,14 @@ def write_outputs(
     results = load_results(out, cfg, picks)
     fig = robustness_figure(results, cfg.methods, cfg.levels, names, METHOD_LABELS)
     save_figure(out / "robustness.png", fig)
+    if "cnn" in cfg.methods and len(picks) >= 2:
+        report = paired_report(results, cfg.methods, cfg.levels, names)
+        report = {**report, "settings": table["settings"], "package_version": __version__}
+        save_json(out / "report.json", report)
+        with atomic_path(out / "paired.md") as tmp:
+            tmp.write_text(paired_markdown(report, cfg.methods, names))
+        fig = robustness_summary_figure(report, cfg.methods, names, METHOD_LABELS)
+        save_figure(out / "robustness_summary.png", fig)
 
 
 METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
@@ -183,3 +191,136 @@ def level_dir(level: float) -> str:
 
 def result_path(out: Path, method: str, level: float, row: int, sim: int) -> Path:
     return out / "results" / method / level_dir(level) / f"sim{sim:04d}_row{row:06d}.json"
+
+
+# ----------------------------------------------------------------------------- paired report
+
+PAPER_MEAN_ABS_BIAS_PCT = {
+    "Omega_m": {0.01: {"cnn": 6.4, "dhmc": 4.3}, 0.02: {"cnn": 23.2, "dhmc": 10.3},
+                0.05: {"cnn": 63.9, "dhmc": 35.9}},
+    "sigma_8": {0.01: {"cnn": 5.9, "dhmc": 1.2}, 0.02: {"cnn": 17.0, "dhmc": 2.6},
+                0.05: {"cnn": 45.4, "dhmc": 7.0}},
+}  # fmt: skip
+"""Mudur et al. (2024): mean |bias| in % on noisy maps, CNN vs Diffusion-HMC (REFERENCE.md;
+256^2 CAMELS IllustrisTNG maps, a 34M-parameter CNN; at 0.05 dex the first 2 timesteps of
+the bound were dropped)."""
+
+
+def per_map_scores(arr: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per map and parameter ``(N, P)``: ``abs_bias_pct`` ``100 |mean - truth| / truth``,
+    ``abs_z`` ``|mean - truth| / std`` and ``in_68`` (truth inside the 68% interval)."""
+    err = np.abs(arr["mean"] - arr["truth"])
+    return {
+        "abs_bias_pct": 100.0 * err / np.abs(arr["truth"]),
+        "abs_z": err / arr["std"],
+        "in_68": (arr["lo68"] <= arr["truth"]) & (arr["truth"] <= arr["hi68"]),
+    }
+
+
+def paired_report(
+    results: dict[tuple[str, float], dict[str, np.ndarray]],
+    methods: Sequence[str],
+    levels: Sequence[float],
+    names: Sequence[str],
+    reference: str = "cnn",
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per level, parameter and method: ``mean_abs_bias_pct`` (with a bootstrap 95%
+    ``mean_abs_bias_pct_ci``), ``mean_abs_z``,
+    ``coverage_68`` with ``ci_68`` (Wilson 95%); and for each method other than
+    ``reference``, ``vs_<reference>``: the paired difference of ``|bias|`` (``paired_diff_ci``,
+    ``sign_test_p``, ``verdict``) and of ``|z|`` (``abs_z``), over the same maps
+    (:mod:`diffhmc.evaluation.paired`). ``results`` as :func:`load_results`."""
+    from diffhmc.evaluation.metrics import rate_with_interval
+    from diffhmc.evaluation.paired import compare_paired, paired_bootstrap
+
+    out: dict[str, Any] = {}
+    n_maps = None
+    for lv in levels:
+        by_param: dict[str, Any] = {}
+        scores = {m: per_map_scores(results[(m, lv)]) for m in methods}
+        for j, name in enumerate(names):
+            cell: dict[str, Any] = {}
+            for m in methods:
+                sc = scores[m]
+                n_maps = len(sc["abs_z"])
+                cov = rate_with_interval(sc["in_68"][:, j])
+                bias_j = sc["abs_bias_pct"][:, j]
+                entry: dict[str, Any] = {
+                    "mean_abs_bias_pct": float(bias_j.mean()),
+                    "mean_abs_bias_pct_ci": paired_bootstrap(
+                        bias_j, np.zeros_like(bias_j), n_boot, seed=seed
+                    )["ci"],
+                    "mean_abs_z": float(sc["abs_z"][:, j].mean()),
+                    "coverage_68": cov["rate"],
+                    "ci_68": cov["wilson95"],
+                }
+                if m != reference and reference in scores:
+                    ref = scores[reference]
+                    bias = compare_paired(
+                        sc["abs_bias_pct"][:, j], ref["abs_bias_pct"][:, j], n_boot, seed
+                    )
+                    entry[f"vs_{reference}"] = {
+                        **bias,
+                        "abs_z": compare_paired(
+                            sc["abs_z"][:, j], ref["abs_z"][:, j], n_boot, seed
+                        ),
+                    }
+                cell[m] = entry
+            by_param[name] = cell
+        out[f"{lv:g}"] = by_param
+    return {"n_maps": n_maps, "reference_method": reference, "levels": out}
+
+
+def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
+    """The paired table: per level and parameter, each method's mean |bias| (%) and 68%
+    coverage [Wilson 95%], and against the reference method the |bias| difference with its
+    bootstrap interval, sign-test p and verdict; then the paper's numbers beside ours."""
+    ref = report["reference_method"]
+    lines = [
+        f"Noise robustness on {report['n_maps']} test maps, paired against "
+        f"{METHOD_LABELS.get(ref, ref)} on the same maps and noise (bootstrap 95% intervals of "
+        "the mean difference in |bias|, percentage points; exact sign test).\n",
+        "| noise (dex) | parameter | method | mean \\|bias\\| (%) | mean \\|z\\| | 68% coverage "
+        f"[95%] | \\|bias\\| - {METHOD_LABELS.get(ref, ref)} [95%] | sign p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv, by_param in report["levels"].items():
+        for n in names:
+            for m in methods:
+                e = by_param[n][m]
+                cov = f"{e['coverage_68']:.2f} [{e['ci_68'][0]:.2f}, {e['ci_68'][1]:.2f}]"
+                vs = e.get(f"vs_{ref}")
+                cmp_cells = (
+                    [
+                        f"{vs['mean_diff']:+.1f} [{vs['paired_diff_ci'][0]:+.1f}, "
+                        f"{vs['paired_diff_ci'][1]:+.1f}]",
+                        f"{vs['sign_test_p']:.2g}",
+                        vs["verdict"],
+                    ]
+                    if vs
+                    else ["", "", ""]
+                )
+                lines.append(
+                    f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
+                    f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
+                )
+    lines += [
+        "",
+        "### The paper's table beside ours (mean |bias|, %)\n",
+        "| noise (dex) | parameter | paper CNN | paper Diffusion-HMC | our CNN | our "
+        "Diffusion-HMC | our noise-aware Diffusion-HMC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        for lv, paper in PAPER_MEAN_ABS_BIAS_PCT.get(n, {}).items():
+            ours = report["levels"].get(f"{lv:g}", {}).get(n, {})
+            cells = [
+                f"{ours[m]['mean_abs_bias_pct']:.1f}" if m in ours else "-"
+                for m in ("cnn", "dhmc", "dhmc-noise")
+            ]
+            lines.append(
+                f"| {lv:g} | {n} | {paper['cnn']} | {paper['dhmc']} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines) + "\n"

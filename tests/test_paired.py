@@ -1,0 +1,94 @@
+"""Paired comparisons (bootstrap interval, sign test, verdict) and the robustness study's
+paired report (keys, numbers against a hand computation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.evaluation.metrics import rate_with_interval, wilson_interval
+from diffhmc.evaluation.paired import compare_paired, paired_bootstrap, sign_test, verdict
+from diffhmc.workflows.robustness_report import paired_markdown, paired_report
+
+
+def test_sign_test_exact_values() -> None:
+    a = np.zeros(10)
+    # 9 of 10 lower: p = 2 * (C(10,0) + C(10,1)) / 2^10
+    b = np.r_[np.ones(9), -np.ones(1)]
+    r = sign_test(a, b)
+    assert (r["n_lower"], r["n_higher"], r["n_ties"]) == (9, 1, 0)
+    assert r["p"] == pytest.approx(2 * (1 + 10) / 1024)
+    assert sign_test(a, np.r_[np.ones(5), -np.ones(5)])["p"] == 1.0
+    ties = sign_test(np.ones(4), np.ones(4))
+    assert ties["n_ties"] == 4 and ties["p"] == 1.0
+
+
+def test_paired_bootstrap_centre_and_width() -> None:
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=400)
+    a = b - 0.5 + 0.1 * rng.normal(size=400)  # a lower than b by 0.5 on every map
+    r = paired_bootstrap(a, b, seed=1)
+    assert r["mean_diff"] == pytest.approx(-0.5, abs=0.02)
+    # the pairing removes the large common scatter: the interval is about 4 * 0.1/sqrt(400)
+    assert r["ci"][0] < r["mean_diff"] < r["ci"][1]
+    assert r["ci"][1] - r["ci"][0] == pytest.approx(4 * 0.1 / math.sqrt(400), rel=0.2)
+    assert paired_bootstrap(a, b, seed=1) == r  # seeded
+
+
+def test_verdict_reads_the_interval_only() -> None:
+    assert verdict([-2.0, -0.1]) == "better"
+    assert verdict([0.1, 2.0]) == "worse"
+    assert verdict([-2.0, 0.5]) == "not distinguishable"
+    same = compare_paired(np.arange(20.0), np.arange(20.0) + 0.01 * (-1) ** np.arange(20))
+    assert same["verdict"] == "not distinguishable"
+
+
+def test_paired_input_validation() -> None:
+    with pytest.raises(DiffHMCError, match="same length"):
+        paired_bootstrap([1.0, 2.0], [1.0])
+    with pytest.raises(DiffHMCError, match="finite"):
+        sign_test([1.0, np.nan], [1.0, 2.0])
+    with pytest.raises(DiffHMCError, match="at least one"):
+        rate_with_interval([])
+
+
+def _fake_results(
+    n: int, rng: np.random.Generator
+) -> dict[tuple[str, float], dict[str, np.ndarray]]:
+    truth = np.c_[rng.uniform(0.1, 0.5, n), rng.uniform(0.6, 1.0, n)]
+    out = {}
+    for m, scale in (("cnn", 0.05), ("dhmc", 0.01)):
+        for lv in (0.0, 0.05):
+            mean = truth * (1 + scale * rng.normal(size=truth.shape))
+            std = np.full_like(truth, 0.01)
+            out[(m, lv)] = {"mean": mean, "std": std, "truth": truth}
+            for q, k in (("68", 1), ("95", 2)):
+                out[(m, lv)][f"lo{q}"] = mean - k * std
+                out[(m, lv)][f"hi{q}"] = mean + k * std
+    return out
+
+
+def test_paired_report_keys_and_numbers() -> None:
+    rng = np.random.default_rng(3)
+    res = _fake_results(60, rng)
+    rep = paired_report(res, ["cnn", "dhmc"], [0.0, 0.05], ["Omega_m", "sigma_8"], n_boot=2000)
+    assert rep["n_maps"] == 60 and rep["reference_method"] == "cnn"
+    assert set(rep["levels"]) == {"0", "0.05"}
+    cell = rep["levels"]["0.05"]["sigma_8"]
+    r = res[("dhmc", 0.05)]
+    bias = 100 * np.abs(r["mean"][:, 1] - r["truth"][:, 1]) / r["truth"][:, 1]
+    assert cell["dhmc"]["mean_abs_bias_pct"] == pytest.approx(bias.mean())
+    inside = (r["lo68"][:, 1] <= r["truth"][:, 1]) & (r["truth"][:, 1] <= r["hi68"][:, 1])
+    assert cell["dhmc"]["coverage_68"] == pytest.approx(inside.mean())
+    assert cell["dhmc"]["ci_68"] == list(wilson_interval(int(inside.sum()), 60))
+    vs = cell["dhmc"]["vs_cnn"]
+    for key in ("paired_diff_ci", "sign_test_p", "verdict", "abs_z", "mean_diff"):
+        assert key in vs
+    assert vs["verdict"] == "better"  # 5x smaller errors on 60 maps
+    assert "vs_cnn" not in cell["cnn"]
+    md = paired_markdown(rep, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
+    assert "| 0.05 | sigma_8 | Diffusion-HMC |" in md and "better" in md
+    assert "| 0.05 | Omega_m | 63.9 | 35.9 |" in md  # the paper's row beside ours
