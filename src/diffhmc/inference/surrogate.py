@@ -16,18 +16,9 @@ import numpy as np
 import torch
 
 from diffhmc.core.errors import DiffHMCError
+from diffhmc.inference.quadratic import quadratic_features, quadratic_hessian
 
 __all__ = ["QuadraticGPSurrogate", "quadratic_features"]
-
-
-def quadratic_features(z: torch.Tensor) -> torch.Tensor:
-    """``[1, z_i, z_i z_j (i <= j)]``: ``(N, P) -> (N, 1 + P + P (P + 1) / 2)``."""
-    n, p = z.shape
-    cols = [torch.ones(n, 1, dtype=z.dtype), z]
-    for i in range(p):
-        for j in range(i, p):
-            cols.append((z[:, i] * z[:, j]).unsqueeze(1))
-    return torch.cat(cols, dim=1)
 
 
 class QuadraticGPSurrogate:
@@ -83,17 +74,7 @@ class QuadraticGPSurrogate:
         self.u = u
 
     def _hessian(self, p: int) -> torch.Tensor:
-        h = torch.zeros(p, p, dtype=torch.float64)
-        k = 1 + p
-        for i in range(p):
-            for j in range(i, p):
-                c = self.coef[k]
-                if i == j:
-                    h[i, i] = 2 * c
-                else:
-                    h[i, j] = h[j, i] = c
-                k += 1
-        return h
+        return quadratic_hessian(self.coef, p)
 
     def _q_shape(self, z: torch.Tensor) -> torch.Tensor:
         d = z - self.mode

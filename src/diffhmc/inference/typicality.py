@@ -41,6 +41,7 @@ import torch
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
+from diffhmc.inference.quadratic import quadratic_features, quadratic_hessian
 
 __all__ = [
     "ALPHA",
@@ -61,15 +62,6 @@ ALPHA = 0.01
 
 STENCIL = 1.5
 """Stencil half-width in units of ``scale``."""
-
-
-def quadratic_features(u: np.ndarray) -> np.ndarray:
-    """``(N, P)`` -> ``(N, 1 + P + P (P + 1) / 2)``: 1, ``u_i``, ``u_i u_j`` (``i <= j``)."""
-    u = np.atleast_2d(np.asarray(u, dtype=np.float64))
-    p = u.shape[1]
-    cols = [np.ones(len(u)), *(u[:, i] for i in range(p))]
-    cols += [u[:, i] * u[:, j] for i in range(p) for j in range(i, p)]
-    return np.stack(cols, axis=1)
 
 
 def profile_bound(
@@ -110,14 +102,7 @@ def _quadratic_max(coef: np.ndarray, p: int) -> np.ndarray:
     """Stationary point of ``quadratic_features(u) @ coef`` (the centre when it is not a
     maximum)."""
     g = coef[1 : 1 + p]
-    h = np.zeros((p, p))
-    k = 1 + p
-    for i in range(p):
-        for j in range(i, p):
-            h[i, j] += coef[k] * (2.0 if i == j else 1.0)
-            if i != j:
-                h[j, i] += coef[k]
-            k += 1
+    h = quadratic_hessian(np.asarray(coef, dtype=np.float64), p)
     if not np.all(np.linalg.eigvalsh(h) < 0):
         return np.full(p, 0.5)
     return np.linalg.solve(h, -g)
