@@ -52,12 +52,11 @@ from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
-from diffhmc.evaluation import metrics
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.input_reference import SHIPPED_REFERENCE
 from diffhmc.inference.mcmc import NUTSConfig
 from diffhmc.workflows.batch_infer import infer_dataset, load_batch_run
-from diffhmc.workflows.calibration import posterior_sample, raw_calibration
+from diffhmc.workflows.calibration import raw_calibration
 from diffhmc.workflows.ppc import PPCConfig
 
 PAPER = {  # Mudur et al. 2024, 256^2 CAMELS maps (REFERENCE.md)
@@ -224,66 +223,22 @@ def fresh_report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace) -> None:
+    """``calibration.json`` and ``calibration.png`` of a run folder (raw posteriors,
+    :func:`diffhmc.workflows.calibration.raw_calibration`, with the paper's numbers)."""
     space = ParamSpace.camels()
     names = list(space.names)
     recs = load_batch_run(args.out, names)
-    rng = np.random.default_rng(args.seed + 1)
-    low, high = space.low, space.high
-    res: dict = {"n_maps": len(recs), "parameters": {}, "machine": machine_info()}
-    sims = [r["summary"]["sim"] for r in recs]
-    # every metric uses the posterior each summary reports (posterior_sample): coverage and
-    # z from the summary, SBC ranks and TARP from that posterior's (weighted) draws
-    ranks, f_tarp, stand_ins = [], [], []
-    for sim, r in zip(sims, recs, strict=True):
-        d, w, stand_in = posterior_sample(r)
-        if stand_in:
-            stand_ins.append(sim)
-        t = np.array([r["summary"]["parameters"][n]["truth"] for n in names])
-        ranks.append(metrics.sbc_ranks(d, t, w))
-        ref = low + rng.random(len(names)) * (high - low)
-        f_tarp.append(metrics.tarp_fraction(d, t, ref, high - low, w))
-    res["importance_weighted_maps"] = [
-        s
-        for s, r in zip(sims, recs, strict=True)
-        if r["summary"].get("posterior_from") == "importance_weighted"
-    ]
-    res["chain_draws_stand_in_for_weighted"] = stand_ins
-    for i, n in enumerate(names):
-        ps = [r["summary"]["parameters"][n] for r in recs]
-        mean = np.array([p["mean"] for p in ps])
-        truth = np.array([p["truth"] for p in ps])
-        hits68, hits95 = sum(p["in_68"] for p in ps), sum(p["in_95"] for p in ps)
-        res["parameters"][n] = {
-            "coverage_68": hits68 / len(ps),
-            "coverage_95": hits95 / len(ps),
-            "ci_68_wilson95": list(metrics.wilson_interval(hits68, len(ps))),
-            "ci_95_wilson95": list(metrics.wilson_interval(hits95, len(ps))),
-            "mean_abs_z": float(np.mean([abs(p["z_score"]) for p in ps])),
-            "rmse": float(metrics.rmse(mean, truth)),
-            "mean_std": float(np.mean([p["std"] for p in ps])),
-            "mean_bias_percent": float(metrics.mean_abs_bias_percent(mean, truth)),
-            "sbc_ranks": [float(rk[i]) for rk in ranks],
-        }
-    alphas = np.linspace(0, 1, 21)
-    ecp = metrics.tarp_coverage(f_tarp, alphas).tolist()
-    res["tarp"] = {"alpha": alphas.tolist(), "coverage": ecp, "f": f_tarp}
-    res["seconds_per_map_median"] = float(np.median([r["summary"]["seconds"] for r in recs]))
-    res["settings"] = recs[0]["summary"]["settings"]
-    res["warnings_per_map"] = {
-        s: r["summary"]["warnings"]
-        for s, r in zip(sims, recs, strict=True)
-        if r["summary"]["warnings"]
-    }
-    res["paper"] = PAPER
+    res = {**raw_calibration(recs, space, args.seed + 1), "paper": PAPER, "machine": machine_info()}
     save_json(args.out / "calibration.json", res)
-    save_figure(args.out / "calibration.png", figure(res, recs, names, low, high))
+    fig_in = {"parameters": res["raw"], "tarp": res["tarp"]}
+    save_figure(args.out / "calibration.png", figure(fig_in, recs, names, space.low, space.high))
+    _print_raw(res["raw"])
+
+
+def _print_raw(raw: dict[str, Any]) -> None:
     print(
         json.dumps(
-            {
-                n: {k: v for k, v in c.items() if k != "sbc_ranks"}
-                for n, c in res["parameters"].items()
-            },
-            indent=1,
+            {n: {k: v for k, v in c.items() if k != "sbc_ranks"} for n, c in raw.items()}, indent=1
         )
     )
 
@@ -359,16 +314,7 @@ def main() -> None:
     if args.preregistered:
         if not args.report_only:
             run_preregistered(args)
-        rep = fresh_report(args)
-        print(
-            json.dumps(
-                {
-                    n: {k: v for k, v in c.items() if k != "sbc_ranks"}
-                    for n, c in rep["raw"].items()
-                },
-                indent=1,
-            )
-        )
+        _print_raw(fresh_report(args)["raw"])
         return
     if not args.report_only:
         run(args)

@@ -32,7 +32,7 @@ from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.core.prior import ParamSpace
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL
-from diffhmc.evaluation.metrics import in_interval, wilson_interval
+from diffhmc.evaluation.metrics import coverage_entry, in_interval
 from diffhmc.inference.recalibration import bound_settings, fit_recalibration, shipped_path
 from diffhmc.inference.widening import coverage, fit_widening, widen
 from diffhmc.workflows.batch_infer import load_batch_run
@@ -80,8 +80,7 @@ def evaluate(
         entry: dict[str, Any] = {"n": n}
         for lv in ("68", "95"):
             hits = int(sum(m[name][f"coverage_{lv}"] for m in per_map))
-            entry[f"coverage_{lv}"] = hits / n
-            entry[f"ci_{lv}"] = list(wilson_interval(hits, n))
+            entry.update(coverage_entry(hits, n, lv))
         entry["mean_abs_z"] = float(np.mean([m[name]["mean_abs_z"] for m in per_map]))
         cov[name] = entry
         curves[name] = [

@@ -45,6 +45,7 @@ __all__ = [
     "sbc_ranks",
     "tarp_coverage",
     "tarp_fraction",
+    "coverage_entry",
     "rate_with_interval",
     "wilson_interval",
     "z_scores",
@@ -70,6 +71,12 @@ def rate_with_interval(flags: Sequence[bool] | np.ndarray) -> dict[str, Any]:
     if n == 0:
         raise DiffHMCError("rate_with_interval needs at least one flag")
     return {"rate": k / n, "hits": k, "n": n, "wilson95": list(wilson_interval(k, n))}
+
+
+def coverage_entry(hits: int, n: int, level: str) -> dict[str, Any]:
+    """``{"coverage_<level>": hits / n, "ci_<level>": [lo, hi]}`` (Wilson 95%): how every
+    coverage of an interval at ``level`` ("68", "95") is reported."""
+    return {f"coverage_{level}": hits / n, f"ci_{level}": list(wilson_interval(hits, n))}
 
 
 def _draws(draws: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
-from diffhmc.evaluation.metrics import wilson_interval
+from diffhmc.evaluation.metrics import coverage_entry
 
 LEVELS = (0.68, 0.95)
 """Nominal levels of the equal-tailed intervals whose coverage is fitted and reported."""
@@ -123,9 +123,7 @@ def coverage(
         entry: dict[str, Any] = {"n": n, "mean_abs_z": float(np.mean(np.abs(zs)))}
         for j, lv in enumerate(LEVELS):
             key = f"{round(lv * 100)}"
-            hits = int(round(cov[j] * n))
-            entry[f"coverage_{key}"] = hits / n
-            entry[f"ci_{key}"] = list(wilson_interval(hits, n))
+            entry.update(coverage_entry(int(round(cov[j] * n)), n, key))
         out[name] = entry
     return out
 

@@ -70,6 +70,7 @@ def raw_calibration(recs: list[dict[str, Any]], space: ParamSpace, seed: int) ->
             **_coverage([p["in_95"] for p in ps], "95"),
             "mean_abs_z": float(np.mean([abs(p["z_score"]) for p in ps])),
             "rmse": float(metrics.rmse(mean, truth)),
+            "mean_bias_percent": float(metrics.mean_abs_bias_percent(mean, truth)),
             "mean_std": float(np.mean([p["std"] for p in ps])),
             "coverage_68_by_prior_half": halves,
             "sbc_ranks": [float(rk[i]) for rk in ranks],
@@ -91,6 +92,9 @@ def raw_calibration(recs: list[dict[str, Any]], space: ParamSpace, seed: int) ->
         "settings": sm[0]["settings"],
         "seconds_per_map_median": float(np.median([s["seconds"] for s in sm])),
         "posterior_from": {k: froms.count(k) for k in sorted(set(froms))},
+        "warnings_per_map": {
+            str(s.get("sim", i)): s["warnings"] for i, s in enumerate(sm) if s.get("warnings")
+        },
         "raw": raw,
         "tarp": {
             "alpha": alphas.tolist(),
@@ -104,8 +108,4 @@ def raw_calibration(recs: list[dict[str, Any]], space: ParamSpace, seed: int) ->
 
 
 def _coverage(hits: list[bool], level: str) -> dict[str, Any]:
-    k = int(sum(hits))
-    return {
-        f"coverage_{level}": k / len(hits),
-        f"ci_{level}": list(metrics.wilson_interval(k, len(hits))),
-    }
+    return metrics.coverage_entry(int(sum(hits)), len(hits), level)
