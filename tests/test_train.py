@@ -254,3 +254,35 @@ def test_export_for_inference_keeps_ema_outputs(
         load_model(None)
     monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", small)
     assert load_model(None).source == str(small)
+
+
+def test_warm_start_loads_weights_and_refuses_another_architecture(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_dataset, max_steps=2)
+    train(cfg, tmp_path / "a", progress=False)
+    src = tmp_path / "a" / "checkpoints" / "last.pt"
+    # lr ~ 0: the warm-started net keeps the source's EMA weights (fresh step count)
+    warm = replace(cfg, init_from=str(src), lr=1e-30, max_steps=1, warmup_steps=0)
+    train(warm, tmp_path / "b", progress=False)
+    a, b = read_checkpoint(src), read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert b["step"] == 1
+    for key in a["ema"]:
+        torch.testing.assert_close(b["model"][key], a["ema"][key], rtol=1e-6, atol=1e-6)
+    assert TrainConfig.from_dict(b["train_config"]).init_from == str(src)
+    wider = replace(warm, model=replace(cfg.model, base_channels=16))
+    with pytest.raises(DiffHMCError, match="init_from .* model config differs"):
+        train(wider, tmp_path / "c", progress=False)
+
+
+def test_non_finite_loss_is_caught_at_the_next_sync_point(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffhmc.emulator.train as tr
+
+    real = tr.denoising_loss
+    monkeypatch.setattr(tr, "denoising_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    cfg = tiny_config(tiny_dataset, max_steps=6, log_every=3, val_every=3, ckpt_every=3)
+    with pytest.raises(DiffHMCError, match="non-finite between steps 0 and 3"):
+        train(cfg, tmp_path / "n", progress=False)
+    assert not (tmp_path / "n" / "checkpoints" / "last.pt").exists()  # nothing NaN saved

@@ -44,7 +44,7 @@ from diffhmc.data.inputs import map_tensor, param_tensor
 from diffhmc.emulator.checkpoint import read_checkpoint, save_checkpoint
 from diffhmc.emulator.schedule import NoiseSchedule
 from diffhmc.emulator.train_config import TrainConfig, resolve_precision
-from diffhmc.emulator.unet import UNet
+from diffhmc.emulator.unet import UNet, UNetConfig
 
 
 def step_generator(
@@ -152,6 +152,20 @@ def validation_loss(
     return total / n
 
 
+def _warm_start(net: UNet, cfg: TrainConfig) -> None:
+    """Load ``cfg.init_from``'s weights (its EMA weights when it has them) into ``net``."""
+    from diffhmc.emulator.checkpoint import resolve_model
+
+    src = resolve_model(None if cfg.init_from == "shipped" else cfg.init_from)
+    ckpt = read_checkpoint(src)
+    if UNetConfig.from_dict(ckpt["model_config"]) != cfg.model:
+        raise DiffHMCError(
+            f"init_from {src}: its model config differs from this run's "
+            f"({ckpt['model_config']} vs {cfg.model.to_dict()})"
+        )
+    net.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+
+
 def _checkpoint_state(
     cfg: TrainConfig,
     ds: Dataset,
@@ -222,8 +236,11 @@ def train(
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # parameter initialisation
     net = UNet(cfg.model)
+    if cfg.init_from and not resume:
+        _warm_start(net, cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # fused Adam: one kernel for all parameters on a GPU (no per-parameter launches)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=fabric.device.type == "cuda")
     step = 0
     if resume:
         ckpt = read_checkpoint(ckpt_path)
@@ -274,6 +291,10 @@ def train(
     ema_params: list[torch.Tensor] = list(ema.parameters())
     net_params: list[torch.Tensor] = list(net.parameters())
     stopped_early = False
+    # a non-finite loss is flagged on the device and checked only where the loop syncs
+    # anyway (logging, checkpoints): no host-device sync per step
+    nonfinite = torch.zeros((), dtype=torch.bool, device=fabric.device)
+    first_bad_window = step
     net.train()
     while step < cfg.max_steps:
         # the global batch (same on every rank), then this rank's contiguous slice
@@ -294,15 +315,13 @@ def train(
             eps[mine],
             cfg.loss,
         )
-        if not torch.isfinite(loss):
-            raise DiffHMCError(
-                f"training loss became {float(loss)} at step {step}; lower lr "
-                f"(now {cfg.lr}) or check the data"
-            )
+        nonfinite |= ~torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
         fabric.backward(loss)
         if cfg.grad_clip > 0:
-            fabric.clip_gradients(net, opt, max_norm=cfg.grad_clip)
+            fabric.clip_gradients(  # no sync: a non-finite norm is caught via the loss
+                net, opt, max_norm=cfg.grad_clip, error_if_nonfinite=False
+            )
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -312,11 +331,25 @@ def train(
         step += 1
         imgs += cfg.batch_size * world
         bar.update(1)
-        if cfg.time_limit_s and not stopped_early:
+        if cfg.time_limit_s and not stopped_early and (world == 1 or step % 10 == 0):
             out_of_time = time.perf_counter() - t_start >= cfg.time_limit_s
-            # every rank must stop at the same step: rank 0's clock decides
-            stopped_early = bool(fabric.broadcast(out_of_time, src=0))
+            # every rank must stop at the same step: rank 0's clock decides (checked every
+            # 10 steps when there are several ranks, a collective call each time)
+            stopped_early = out_of_time if world == 1 else bool(fabric.broadcast(out_of_time, 0))
         final = step == cfg.max_steps or stopped_early
+        sync_point = final or 0 in (
+            step % cfg.log_every,
+            step % cfg.val_every,
+            step % cfg.ckpt_every,
+        )
+        if sync_point:
+            if bool(nonfinite):
+                raise DiffHMCError(
+                    f"training loss became non-finite between steps {first_bad_window} and "
+                    f"{step}; lower lr (now {cfg.lr}) or check the data (the last checkpoint "
+                    "is kept)"
+                )
+            first_bad_window = step
         if step % cfg.log_every == 0 or step % cfg.val_every == 0 or final:
             now = time.perf_counter()
             rate = imgs / (now - t_last)

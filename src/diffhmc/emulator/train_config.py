@@ -56,6 +56,10 @@ class TrainConfig:
     time_limit_s: float = 0.0
     """Stop (after checkpointing) once this many seconds of training have run in this
     process; 0 means no limit. For wall-time-limited jobs: ``--resume`` continues."""
+    init_from: str = ""
+    """Warm start: a checkpoint (training or exported; ``"shipped"``: the shipped default
+    model) whose weights start the network and its EMA; the optimizer, step count and
+    learning-rate warm-up start afresh. Its architecture must be this config's."""
 
     def __post_init__(self) -> None:
         _check_field_types(self)
