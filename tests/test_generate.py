@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.prior import ParamSpace
@@ -198,3 +199,12 @@ def test_generate_real_simulator_parallel_resume(tmp_path, monkeypatch):
         expect = simulate_maps(float(theta[i, 0]), float(theta[i, 1]), int(seeds[i]), cfg)
         np.testing.assert_array_equal(ds.maps[PER_SIM * i : PER_SIM * (i + 1)], expect)
     assert not (out / "shards").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_generate_on_cuda_without_a_gpu_is_one_clear_error(tmp_path):
+    from diffhmc.simulation.simulator import SimConfig
+
+    with pytest.raises(DiffHMCError, match="no CUDA device is available"):
+        generate_dataset(tmp_path / "ds", 2, SimConfig(), 0, device="cuda")
+    assert not (tmp_path / "ds").exists()  # nothing half-written

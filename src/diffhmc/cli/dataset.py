@@ -22,6 +22,11 @@ def register(sub: Any) -> None:
     g.add_argument("--n-sims", type=int, default=1000, help="number of simulations")
     g.add_argument("--seed", type=int, default=0, help="design and simulation seed")
     g.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    g.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the simulator (cuda: one process on the GPU; --workers unused)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     add_sim_config_args(g)
     c = subparser(
@@ -48,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset_command == "generate":
         cfg = sim_config(args)
         ds = generate.generate_dataset(
-            args.out, args.n_sims, cfg, args.seed, workers=args.workers, overwrite=args.overwrite
+            args.out,
+            args.n_sims,
+            cfg,
+            args.seed,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            device=args.device,
         )
     elif args.dataset_command == "import-camels":
         ds = camels.import_camels(

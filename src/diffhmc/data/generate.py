@@ -10,6 +10,7 @@ resumes. The shards are finally streamed into the on-disk format of
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -182,6 +183,7 @@ def generate_dataset(
     simulate_fn: Callable[..., np.ndarray] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> Dataset:
     """Simulate a Latin-hypercube dataset of ``n_sims`` simulations into ``path``.
 
@@ -197,7 +199,15 @@ def generate_dataset(
     rerun with different ones raises instead of mixing two datasets. At the end the shards
     are streamed into ``maps.npy`` (never two copies in memory), the dataset is swapped
     into place atomically and the shards are removed. Same arguments -> identical maps.
+
+    ``device`` (``"cuda"``, ``"cuda:1"``): the simulator's torch path runs there, one
+    simulation at a time in this process (``workers`` is ignored). A GPU's float32
+    arithmetic differs from the CPU's in the last bits, so the device type is recorded in
+    the plan and a resume on another device type is refused.
     """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiffHMCError(f"device {device!r} asked for, but no CUDA device is available")
     target = Path(path)
     if sorted(space.names) != ["Omega_m", "sigma_8"]:
         raise DiffHMCError(
@@ -212,6 +222,10 @@ def generate_dataset(
         from diffhmc.simulation.simulator import simulate_maps
 
         simulate_fn = simulate_maps
+    sim_name = _callable_name(simulate_fn)
+    if dev.type != "cpu":
+        simulate_fn = functools.partial(simulate_fn, device=dev)
+        workers = 1
     check_target(target, overwrite, resume_marker=SHARDS_DIR)
 
     theta = latin_hypercube(n, space, seed)
@@ -225,8 +239,9 @@ def generate_dataset(
             "seed": seed,
             "param_space": space.to_dict(),
             "sim_config": sim_config,
-            "simulator": _callable_name(simulate_fn),
+            "simulator": sim_name,
             "design": DESIGN,
+            **({} if dev.type == "cpu" else {"device": dev.type}),
         }
     )
     shards = target / SHARDS_DIR
