@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped default emulator on a lent GPU machine (one command, about 9 minutes).
+# How the shipped default.pt was made; new runs use scripts/gpu/emulator_lease.py (data,
+# warm start, training, validation with both samplers and export in one budgeted call).
 #
 # Here:   python scripts/gpu/transport_dataset.py pack data/pm64 .transport/pm64.npz
 # There:  OUT=<folder> TIME_LIMIT=420 bash scripts/gpu/train_default.sh   (carry .transport)
