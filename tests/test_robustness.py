@@ -94,6 +94,9 @@ def test_run_robustness_all_methods_table_figure_resume(
     plain0, aware0 = (json.loads((res / m / f0).read_text()) for m in ("dhmc", "dhmc-noise"))
     assert aware0["mean"] == plain0["mean"] and aware0["same_as"] == "dhmc"
     plain5, aware5 = (json.loads((res / m / f5).read_text()) for m in ("dhmc", "dhmc-noise"))
+    # every posterior is a batch job with its own folder (summary.json, posterior.nc)
+    assert (out / plain5["posterior_folder"] / "posterior.nc").is_file()
+    assert (out / aware5["posterior_folder"] / "summary.json").is_file()
     assert plain5["summary"]["settings"]["noise_std"] == 0.0
     assert aware5["summary"]["settings"]["noise_std"] == 0.05
     assert aware5["mean"] != plain5["mean"]
@@ -159,7 +162,18 @@ def test_cli_robustness(
 
     ds, ckpt = tiny
     out = tmp_path / "cli"
-    args = ["robustness", "--dataset", str(ds), "--n", "1", "--model", str(ckpt), *FAST]
+    args = [
+        "robustness",
+        "--dataset",
+        str(ds),
+        "--n",
+        "1",
+        "--model",
+        str(ckpt),
+        *FAST,
+        "--workers",
+        "0",
+    ]
     code = main(
         [*args, "--levels", "0.05", "--methods", "dhmc-noise", "--no-progress", "--out", str(out)]
     )

@@ -302,3 +302,58 @@ def remove_empty_run_dirs() -> None:
         path = _CREATED.pop()
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+
+
+def add_batch_args(
+    p: argparse.ArgumentParser, title: str = "batch: posteriors run on Dask"
+) -> None:
+    g = p.add_argument_group(
+        title,
+        "default: a local cluster of worker processes; --workers 0 runs in this process "
+        "without Dask; --scheduler uses a running Dask scheduler; --slurm submits "
+        "SLURM jobs through dask-jobqueue (see README, 'Laptop, workstation GPU, cluster')",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default: one per CPU core, at most one per map; "
+        "0: in this process, no Dask), or with --slurm the number of SLURM jobs (default 1)",
+    )
+    g.add_argument("--threads-per-worker", type=int, default=1, help="posteriors per worker")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="e.g. tcp://host:8786")
+    g.add_argument("--retries", type=int, default=2, help="re-runs of a job that raised")
+    g.add_argument("--slurm", action="store_true", help="workers are SLURM jobs")
+    g.add_argument(
+        "--slurm-config",
+        type=Path,
+        default=None,
+        help="YAML of SLURM settings (queue, account, walltime, memory, cores, processes, "
+        "job_extra_directives, job_script_prologue, interface, ...)",
+    )
+    g.add_argument("--slurm-queue", default=None, help="SLURM partition")
+    g.add_argument("--slurm-account", default=None, help="SLURM account")
+    g.add_argument("--slurm-walltime", default=None, help="per job, e.g. 02:00:00")
+    g.add_argument("--slurm-memory", default=None, help="per job, e.g. 8GB")
+    g.add_argument("--slurm-cores", type=int, default=None, help="cores per job")
+
+
+def cluster_spec(args: argparse.Namespace) -> Any:
+    """The ClusterSpec of the batch options (validated)."""
+    from diffhmc.batch.spec import ClusterSpec
+
+    return ClusterSpec.from_options(
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        retries=args.retries,
+        scheduler=args.scheduler,
+        slurm=args.slurm,
+        slurm_config=args.slurm_config,
+        slurm_settings={
+            "queue": args.slurm_queue,
+            "account": args.slurm_account,
+            "walltime": args.slurm_walltime,
+            "memory": args.slurm_memory,
+            "cores": args.slurm_cores,
+        },
+    )

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from diffhmc.cli.common import (
+    add_batch_args,
     add_inference_args,
     add_input_check_args,
     add_model_arg,
     add_ppc_args,
     add_recalibration_arg,
+    cluster_spec,
     inference_config,
     ppc_config,
     run_dir,
@@ -65,7 +67,7 @@ def register(sub: Any) -> None:
         "run, every step one batched network call over maps x chains (keeps a GPU busy; "
         "no faster on a CPU)",
     )
-    _add_batch_args(p)
+    add_batch_args(p, "batch (--dataset only): posteriors run on Dask")
 
     p = subparser(
         sub,
@@ -83,59 +85,6 @@ def register(sub: Any) -> None:
         help="the checkpoint that run used (default: the shipped model)",
     )
     p.add_argument("--out", type=Path, required=True, help="recalibration file to write (.json)")
-
-
-def _add_batch_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "batch (--dataset only): posteriors run on Dask",
-        "default: a local cluster of worker processes; --workers 0 runs in this process "
-        "without Dask; --scheduler uses a running Dask scheduler; --slurm submits "
-        "SLURM jobs through dask-jobqueue (see README, 'Laptop, workstation GPU, cluster')",
-    )
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="local worker processes (default: one per CPU core, at most one per map; "
-        "0: in this process, no Dask), or with --slurm the number of SLURM jobs (default 1)",
-    )
-    g.add_argument("--threads-per-worker", type=int, default=1, help="posteriors per worker")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="e.g. tcp://host:8786")
-    g.add_argument("--retries", type=int, default=2, help="re-runs of a job that raised")
-    g.add_argument("--slurm", action="store_true", help="workers are SLURM jobs")
-    g.add_argument(
-        "--slurm-config",
-        type=Path,
-        default=None,
-        help="YAML of SLURM settings (queue, account, walltime, memory, cores, processes, "
-        "job_extra_directives, job_script_prologue, interface, ...)",
-    )
-    g.add_argument("--slurm-queue", default=None, help="SLURM partition")
-    g.add_argument("--slurm-account", default=None, help="SLURM account")
-    g.add_argument("--slurm-walltime", default=None, help="per job, e.g. 02:00:00")
-    g.add_argument("--slurm-memory", default=None, help="per job, e.g. 8GB")
-    g.add_argument("--slurm-cores", type=int, default=None, help="cores per job")
-
-
-def cluster_spec(args: argparse.Namespace) -> Any:
-    """The ClusterSpec of the batch options (validated)."""
-    from diffhmc.batch.spec import ClusterSpec
-
-    return ClusterSpec.from_options(
-        workers=args.workers,
-        threads_per_worker=args.threads_per_worker,
-        retries=args.retries,
-        scheduler=args.scheduler,
-        slurm=args.slurm,
-        slurm_config=args.slurm_config,
-        slurm_settings={
-            "queue": args.slurm_queue,
-            "account": args.slurm_account,
-            "walltime": args.slurm_walltime,
-            "memory": args.slurm_memory,
-            "cores": args.slurm_cores,
-        },
-    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from diffhmc.cli.common import add_inference_args, inference_config, run_dir, subparser
+from diffhmc.cli.common import (
+    add_batch_args,
+    add_inference_args,
+    cluster_spec,
+    inference_config,
+    run_dir,
+    subparser,
+)
 
 
 def register(sub: Any) -> None:
@@ -54,6 +61,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_args(p)
+    add_batch_args(p, "where the Diffusion-HMC posteriors run (Dask)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     icfg = inference_config(args)
     model, baselines = load_methods(cfg.methods, args.cnn, args.npe, args.model, args.device)
     out = args.out if args.out is not None else run_dir(None, "robustness")
-    table = run_robustness(cfg, out, model, baselines, icfg, progress=not args.no_progress)
+    table = run_robustness(
+        cfg,
+        out,
+        model,
+        baselines,
+        icfg,
+        progress=not args.no_progress,
+        cluster=cluster_spec(args),
+    )
     print((out / "table.md").read_text())
     return 0 if table["rows"] else 2

@@ -25,13 +25,17 @@ mean ``|bias|`` in %, RMSE, mean ``|z|``, 68% and 95% coverage, mean posterior s
 :func:`diffhmc.baselines.report.baseline_metrics`) and ``robustness.png``.
 
 Cost: a baseline predicts all maps of a level in seconds; a Diffusion-HMC posterior takes
-about 1-3 minutes on one CPU core with the default inference settings (``K = 20``), so a run
+about 1-3 minutes on one CPU core with the default inference settings, so a run
 costs about ``N (2 L - 1)`` posteriors for ``L`` levels including 0 (``N = 10``, 5 levels:
-90 posteriors, 2-4 hours).
+90 posteriors, 2-4 hours). Each posterior is a batch job (:func:`diffhmc.batch.cluster.run_jobs`,
+the per-map job of ``diffhmc infer --dataset``) with its own folder under ``posteriors/``, so
+they run in parallel on Dask workers (``cluster``) and an interrupted run loses at most
+the posteriors in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -41,14 +45,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from diffhmc import __version__
+from diffhmc.batch.cluster import DONE_FILE, ERROR_FILE, Job, run_jobs
+from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.runs import Log, check_same_settings
 from diffhmc.data.noise import add_log_noise
 from diffhmc.data.selection import pick_maps
+from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
 from diffhmc.workflows.robustness_report import (
     KEYS,
     RobustnessConfig,
+    level_dir,
     result_path,
     robustness_table,
     write_outputs,
@@ -84,6 +92,23 @@ def _posterior_record(summary: dict[str, Any], names: Sequence[str]) -> dict[str
         rec["lo95"].append(float(p["interval_95"][0]))
         rec["hi95"].append(float(p["interval_95"][1]))
     return rec
+
+
+def _model_location(model: Any, cluster: ClusterSpec) -> dict[str, Any]:
+    """Where a Dask worker finds the model: its checkpoint file (loaded once per worker)."""
+    if model is None or cluster.mode == "inprocess":
+        return {}
+    source = Path(str(getattr(model, "source", "")))
+    if not source.is_file():
+        raise DiffHMCError(
+            f"Dask workers load the model from its checkpoint file, but {source} is not a "
+            "file; run in-process for an in-memory model"
+        )
+    return {
+        "model_path": str(source.resolve()),
+        "device": str(next(model.net.parameters()).device),
+        "use_ema": bool(getattr(model, "used_ema", True)),
+    }
 
 
 def _check_resume(out: Path, settings: dict[str, Any], sources: dict[str, str]) -> dict[str, str]:
@@ -144,19 +169,21 @@ def run_robustness(
     infer_cfg: Any = None,
     progress: bool = True,
     log: Log = print,
+    cluster: ClusterSpec | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the robustness comparison into ``out``; returns the table dict.
 
     ``model``: a :class:`diffhmc.emulator.checkpoint.LoadedModel` (needed for ``dhmc`` methods);
     ``baselines``: ``{"cnn": ..., "npe": ...}`` predictors for the baseline methods;
     ``infer_cfg``: the :class:`diffhmc.inference.config.InferenceConfig` of every posterior (its
-    ``noise_std`` is set per method and level).
+    ``noise_std`` is set per method and level); ``cluster``: where the posteriors run
+    (:class:`diffhmc.batch.spec.ClusterSpec`; ``None``: one after the other in this
+    process).
     """
-    from tqdm import tqdm
-
     from diffhmc.data.dataset import load_dataset
     from diffhmc.inference.config import InferenceConfig
-    from diffhmc.inference.posterior import infer_map
+
+    cluster = cluster or ClusterSpec(mode="inprocess")
 
     baselines = dict(baselines or {})
     infer_cfg = infer_cfg or InferenceConfig()
@@ -230,32 +257,57 @@ def run_robustness(
                 rec = {k: np.asarray(pred[k][j], dtype=np.float64).tolist() for k in KEYS}
                 save(method, lv, i, rec, seconds=sec)
             log(f"{method} at noise {lv:g}: {len(todo)} maps predicted")
-    # Diffusion-HMC: one posterior per method, level and map
-    jobs = []  # map by map, so that an interrupted run has whole maps done (see --n)
-    for i in range(len(picks)):
+    # Diffusion-HMC: one posterior per method, level and map, each a batch job (its own
+    # folder under posteriors/, summary.json last) run by the batch runner: in this process,
+    # or on Dask workers that each load the model's checkpoint once
+    jobs, targets = [], {}
+    where = _model_location(model, cluster)
+    for i in range(len(picks)):  # map by map, so an interrupted run has whole maps done
+        row, sim = picks[i]
         for lv in cfg.levels:
             for method in dhmc:
                 if method == "dhmc-noise" and lv == 0.0 and "dhmc" in dhmc:
                     continue  # the same posterior as dhmc at zero noise: stored for both
-                if not done(method, lv, i):
-                    jobs.append((method, lv, i))
-    bar = tqdm(jobs, desc="posteriors", unit="post", disable=not progress)
-    for method, lv, i in bar:
-        bar.set_postfix_str(f"{method} s={lv:g} map {i + 1}/{len(picks)}")
-        noise_std = lv if method == "dhmc-noise" else 0.0
-        icfg = replace(infer_cfg, noise_std=noise_std)
-        t0 = time.perf_counter()
-        post = infer_map(model, noisy[lv][i], icfg, truth=truth[i])
-        rec = _posterior_record(post.summary, names)
+                if done(method, lv, i):
+                    continue
+                noise_std = lv if method == "dhmc-noise" else 0.0
+                name = f"{method}_{level_dir(lv)}_sim{sim:04d}_row{row:06d}"
+                payload = PosteriorJob(
+                    noisy[lv][i],
+                    truth[i],
+                    replace(infer_cfg, noise_std=noise_std),
+                    {"method": method, "level": lv, "row": row, "sim": sim},
+                    **where,
+                )
+                jobs.append(Job(name, out / "posteriors" / name, payload))
+                targets[name] = (method, lv, i, noise_std)
+    fn = (
+        functools.partial(run_posterior_job, model=model)
+        if cluster.mode == "inprocess"
+        else run_posterior_job
+    )
+    result = run_jobs(fn, jobs, cluster, progress=progress, log=log)
+    for job in jobs:
+        if not (job.folder / DONE_FILE).is_file():
+            continue
+        method, lv, i, noise_std = targets[job.name]
+        summary = load_json(job.folder / DONE_FILE)
+        rec = _posterior_record(summary, names)
         extra = {
-            "seconds": time.perf_counter() - t0,
+            "seconds": summary.get("seconds"),
             "noise_std_in_likelihood": noise_std,
-            "warnings": list(post.summary.get("warnings", [])),
-            "summary": post.summary,
+            "warnings": list(summary.get("warnings", [])),
+            "summary": summary,
+            "posterior_folder": str(job.folder.relative_to(out)),
         }
         save(method, lv, i, rec, **extra)
         if lv == 0.0 and method == "dhmc" and "dhmc-noise" in dhmc:
             save("dhmc-noise", lv, i, rec, **extra, same_as="dhmc")
+    if result.failed:
+        raise DiffHMCError(
+            f"{len(result.failed)} of {len(jobs)} posteriors failed; see each one's "
+            f"{ERROR_FILE} under {out / 'posteriors'}; rerun to retry them"
+        )
     for lv in cfg.levels:  # copies of zero-noise posteriors computed before dhmc-noise was added
         for i in range(len(picks)):
             if lv == 0.0 and "dhmc-noise" in dhmc and not done("dhmc-noise", lv, i):
