@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -66,8 +67,14 @@ class Lease:
         """Run ``cmd`` (output teed to the log) within ``timeout`` seconds."""
         self.say(f"{name}: {' '.join(cmd)}")
         t = time.perf_counter()
+        # the device image has its own torch/lightning: the package runs from src/ uninstalled
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
+        env["PYTHONUNBUFFERED"] = "1"
         with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env
         ) as p:
             assert p.stdout is not None
             # the budget is enforced by a timer, also while the output is being read
@@ -117,6 +124,7 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: tiny data and model")
     args = ap.parse_args()
 
+    sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
