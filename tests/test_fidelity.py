@@ -208,7 +208,7 @@ def test_sigterm_stops_dataset_generate_and_its_workers(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     t0 = time.time()
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()[-2000:]
+    assert proc.returncode == 143, err.decode()[-2000:]
     assert "interrupted" in err.decode()
     assert time.time() - t0 < 30
     time.sleep(0.5)
@@ -238,9 +238,17 @@ def test_camb_transfer_table_matches_eh_broadly_and_normalises_sigma8() -> None:
     w = 3 * (np.sin(x) - x * np.cos(x)) / x**3
     s8 = np.sqrt(np.trapezoid(kk**2 * cb.linear_power(kk) * w**2, kk) / (2 * np.pi**2))
     assert s8 == pytest.approx(0.8, rel=2e-3)
-    # between grid points the shape is interpolated smoothly in Omega_m
-    a, b, c = (Cosmology(omega_m=om, transfer="camb").pk_shape(k) for om in (0.3, 0.305, 0.31))
-    assert np.all((b - a) * (c - b) >= 0)
+    # the Omega_m grid is fine enough: the shape of a grid row (up to its normalisation,
+    # which sigma_8 fixes) is recovered to 0.15% by interpolating its neighbours two grid
+    # steps apart (between adjacent grid points the error is about 4x smaller)
+    from diffhmc.simulation.cosmology import _camb_table
+
+    t = _camb_table()
+    i = int(np.argmin(np.abs(t["omega_m"] - 0.3)))
+    mid = 0.5 * (t["log_t2"][i - 1] + t["log_t2"][i + 1])
+    sel = (t["k"] > 0.2) & (t["k"] < 20)
+    err = (mid - t["log_t2"][i])[sel]
+    assert np.abs(err - err.mean()).max() < 1.5e-3
     with pytest.raises(DiffHMCError, match="transfer must be one of"):
         Cosmology(transfer="class")
     with pytest.raises(DiffHMCError, match="CAMB transfer table is for h="):

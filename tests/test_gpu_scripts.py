@@ -17,7 +17,8 @@ def test_emulator_lease_rehearsal_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "lease"
     cmd = [
         sys.executable, str(ROOT / "scripts/gpu/emulator_lease.py"), "--out", str(out),
-        "--tiny", "--generate", "8", "--budget", "40", "--batch", "8", "--log-every", "5",
+        "--tiny", "--generate", "8", "--budget", "150",
+        "--train-seconds", "3", "--batch", "8", "--log-every", "5",
         "--device", "cpu",
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -31,8 +32,10 @@ def test_emulator_lease_rehearsal_end_to_end(tmp_path: Path) -> None:
     ck = torch.load(out / "default.pt", map_location="cpu", weights_only=False)
     assert "optimizer" not in ck and ck["ema"] is None
     assert list(out.glob("last.pt.part-*")), "the resumable checkpoint parts are missing"
-    # a validation either finished or was stopped by the budget (never a crash)
-    assert "done" in (out / "lease.log").read_text()
-    for k in ("validate_ddim", "validate_ddpm"):
-        if k in rec["phases"]:
-            assert rec["phases"][k]["ok"] or rec["phases"][k]["timed_out"], k
+    # the DDIM validation ran and wrote its medians; DDPM either finished, was stopped by
+    # the budget or skipped (never a crash)
+    assert rec["phases"]["validate_ddim"]["ok"], (out / "lease.log").read_text()[-2000:]
+    assert "median_abs_pk_ratio_minus_1" in rec["validate_ddim"]["medians"]
+    ddpm = rec["phases"].get("validate_ddpm")
+    assert ddpm is None or ddpm["ok"] or ddpm["timed_out"]
+    assert "] done," in (out / "lease.log").read_text()

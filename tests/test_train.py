@@ -286,3 +286,25 @@ def test_non_finite_loss_is_caught_at_the_next_sync_point(
     with pytest.raises(DiffHMCError, match="non-finite between steps 0 and 3"):
         train(cfg, tmp_path / "n", progress=False)
     assert not (tmp_path / "n" / "checkpoints" / "last.pt").exists()  # nothing NaN saved
+
+
+def test_inf_gradients_with_a_finite_loss_are_caught_before_a_checkpoint(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffhmc.emulator.train as tr
+
+    class InfGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+            return g * float("inf")
+
+    real = tr.denoising_loss
+    monkeypatch.setattr(tr, "denoising_loss", lambda *a, **k: InfGrad.apply(real(*a, **k)))
+    cfg = tiny_config(tiny_dataset, max_steps=2, log_every=2, val_every=2, ckpt_every=2)
+    with pytest.raises(DiffHMCError, match="non-finite"):
+        train(cfg, tmp_path / "g", progress=False)
+    assert not (tmp_path / "g" / "checkpoints" / "last.pt").exists()

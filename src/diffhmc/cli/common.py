@@ -305,7 +305,9 @@ def remove_empty_run_dirs() -> None:
 
 
 def add_batch_args(
-    p: argparse.ArgumentParser, title: str = "batch: posteriors run on Dask"
+    p: argparse.ArgumentParser,
+    title: str = "batch: posteriors run on Dask",
+    default_workers: int | None = None,
 ) -> None:
     g = p.add_argument_group(
         title,
@@ -316,7 +318,7 @@ def add_batch_args(
     g.add_argument(
         "--workers",
         type=int,
-        default=None,
+        default=default_workers,
         help="local worker processes (default: one per CPU core, at most one per map; "
         "0: in this process, no Dask), or with --slurm the number of SLURM jobs (default 1)",
     )

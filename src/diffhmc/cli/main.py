@@ -87,8 +87,12 @@ def _maybe_reexec_with_tunables(argv: list[str]) -> None:
             pass  # carry on without the tuning
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C (workers stopped, finished work kept); exit code 143."""
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         remove_empty_run_dirs()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = "rerun with --resume" if getattr(args, "command", None) == "train" else "rerun"
         print(
-            "interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr
+            f"interrupted (finished work is kept; {how} the same command to resume)",
+            file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

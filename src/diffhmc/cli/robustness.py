@@ -61,7 +61,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_args(p)
-    add_batch_args(p, "where the Diffusion-HMC posteriors run (Dask)")
+    # default: in this process (--workers N: N Dask worker processes, each with the model)
+    add_batch_args(p, "where the Diffusion-HMC posteriors run (Dask)", default_workers=0)
 
 
 def run(args: argparse.Namespace) -> int:

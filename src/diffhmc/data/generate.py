@@ -163,8 +163,11 @@ def _run_shards(
                     f"script without an `if __name__ == '__main__':` guard, which spawned "
                     f"workers need); finished simulations are kept in {shards}: rerun to resume"
                 ) from None
-            except BaseException:  # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the CLI
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM via the CLI
                 _stop_workers(pool, shards)
+                raise
+            except BaseException:  # one simulation failed: let the others finish
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
             pool.shutdown(wait=True)
 
@@ -205,7 +208,10 @@ def generate_dataset(
     arithmetic differs from the CPU's in the last bits, so the device type is recorded in
     the plan and a resume on another device type is refused.
     """
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DiffHMCError(f"unknown torch device {device!r} (cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DiffHMCError(f"device {device!r} asked for, but no CUDA device is available")
     target = Path(path)

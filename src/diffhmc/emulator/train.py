@@ -239,8 +239,12 @@ def train(
     if cfg.init_from and not resume:
         _warm_start(net, cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    # fused Adam: one kernel for all parameters on a GPU (no per-parameter launches)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=fabric.device.type == "cuda")
+    # fused Adam: one kernel for all parameters on a GPU (no per-parameter launches); older
+    # torch checks the parameters' device when the optimizer is built, so move them first
+    fused = fabric.device.type == "cuda"
+    if fused:
+        net.to(fabric.device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=fused)
     step = 0
     if resume:
         ckpt = read_checkpoint(ckpt_path)
@@ -319,9 +323,11 @@ def train(
         opt.zero_grad(set_to_none=True)
         fabric.backward(loss)
         if cfg.grad_clip > 0:
-            fabric.clip_gradients(  # no sync: a non-finite norm is caught via the loss
+            norm = fabric.clip_gradients(  # no sync: a non-finite norm is flagged below
                 net, opt, max_norm=cfg.grad_clip, error_if_nonfinite=False
             )
+            if norm is not None:
+                nonfinite |= ~torch.isfinite(norm)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -343,7 +349,13 @@ def train(
             step % cfg.ckpt_every,
         )
         if sync_point:
-            if bool(nonfinite):
+            with torch.no_grad():  # weights too: a finite loss can still give inf gradients
+                bad = nonfinite | ~torch.stack([p.isfinite().all() for p in net_params]).all()
+            if world > 1:  # every rank stops together
+                summed = fabric.all_reduce(bad.float(), reduce_op="max")
+                assert isinstance(summed, torch.Tensor)
+                bad = summed > 0
+            if bool(bad):
                 raise DiffHMCError(
                     f"training loss became non-finite between steps {first_bad_window} and "
                     f"{step}; lower lr (now {cfg.lr}) or check the data (the last checkpoint "

@@ -90,6 +90,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.init_from:  # records made before the option stay equal
+            d.pop("init_from")
         d["model"] = self.model.to_dict()
         d["schedule"] = self.schedule.to_dict()
         return d
