@@ -246,7 +246,7 @@ def test_slurm_spec_validation(values: dict[str, Any], message: str) -> None:
 
 
 def test_cli_batch_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from diffhmc.cli.infer import cluster_spec as _cluster_spec
+    from diffhmc.cli.common import cluster_spec as _cluster_spec
     from diffhmc.cli.main import build_parser, main
 
     def spec(*extra: str) -> ClusterSpec:
