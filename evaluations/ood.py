@@ -34,6 +34,7 @@ cached under ``--work`` (resumable); ``report.json`` gets ``typicality`` and ``c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -218,6 +219,22 @@ def typicality_figure(typ: dict[str, list[dict[str, Any]]], alpha: float) -> Fig
     return fig
 
 
+def add_ppc_section(report_path: Path, calibration: Path) -> None:
+    """Put the PPC's false-alarm rate on the calibration run's in-distribution maps (one
+    fresh simulation each, every posterior checked) into ``report.json`` as ``ppc``."""
+    report = json.loads(report_path.read_text())
+    cal = json.loads((calibration / "report.json").read_text())
+    report["ppc"] = {
+        "false_alarm_rate": cal["false_alarms"]["ppc"],
+        "maps": f"the {cal['n_maps']} maps of {calibration} (complete: {cal['complete']}), "
+        "each checked after its posterior at the default settings",
+        "detection_rate": "not measured: a predictive check needs a posterior per shifted map",
+        "command": f"python evaluations/ood.py --ppc-from {calibration}",
+    }
+    save_json(report_path, report)
+    print(json.dumps(report["ppc"], indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ood")
@@ -229,7 +246,17 @@ def main() -> None:
     ap.add_argument("--typicality", action="store_true", help="add the typicality check")
     ap.add_argument("--typ-n-in", type=int, default=60, help="in-distribution maps (typicality)")
     ap.add_argument("--typ-n-kind", type=int, default=20, help="maps per shifted kind (typicality)")
+    ap.add_argument(
+        "--ppc-from",
+        type=Path,
+        default=None,
+        help="only add the posterior-predictive check's false alarms, read from a finished "
+        "calibration run's report.json folder, to the existing report (no new posteriors)",
+    )
     args = ap.parse_args()
+    if args.ppc_from is not None:
+        add_ppc_section(args.out / "report.json", args.ppc_from)
+        return
     t0 = time.perf_counter()
     model = load_model(None)
     ref = load_reference(args.reference, model.normalization, model_sha256(model.source))
