@@ -26,7 +26,14 @@ import torch
 from diffhmc.core.errors import DiffHMCError, check_known_keys
 from diffhmc.core.prior import ParamSpace
 from diffhmc.simulation.cosmology import RHO_CRIT, TRANSFERS, Cosmology
-from diffhmc.simulation.pm import cic_paint, cic_readout, gravity, lattice, lpt_displacements
+from diffhmc.simulation.pm import (
+    _wavenumbers,
+    cic_paint,
+    cic_readout,
+    gravity,
+    lattice,
+    lpt_displacements,
+)
 
 KERNELS = ("pixel", "particle")
 
@@ -258,13 +265,17 @@ def run_nbody(
     return torch.remainder(x / n_m * config.box_size, config.box_size)
 
 
+def _k2_2d(grid: torch.Tensor) -> torch.Tensor:
+    """``|k|^2`` in radians^2 per pixel^2 of an ``fft2`` of the ``(R, R)`` ``grid``."""
+    k = torch.fft.fftfreq(grid.shape[-1], dtype=grid.dtype, device=grid.device) * 2 * math.pi
+    return k.view(-1, 1) ** 2 + k.view(1, -1) ** 2
+
+
 def gaussian_smooth(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     """Periodic Gaussian smoothing of ``(R, R)`` with ``sigma`` pixels (mass conserved)."""
     if sigma <= 0:
         return grid
-    r = grid.shape[-1]
-    k = torch.fft.fftfreq(r, dtype=grid.dtype, device=grid.device) * 2 * math.pi
-    k2 = k.view(-1, 1) ** 2 + k.view(1, -1) ** 2
+    k2 = _k2_2d(grid)
     return torch.fft.ifft2(torch.fft.fft2(grid) * torch.exp(-0.5 * sigma**2 * k2)).real
 
 
@@ -281,9 +292,8 @@ def particle_sigmas(pos: torch.Tensor, config: SimConfig) -> torch.Tensor:
     n, box = config.n_particles, config.box_size
     x = pos.to(torch.float64) / box * n
     rho = cic_paint(x, n)
-    k = torch.fft.fftfreq(n, dtype=torch.float64, device=rho.device) * 2 * math.pi
-    kr = torch.fft.rfftfreq(n, dtype=torch.float64, device=rho.device) * 2 * math.pi
-    k2 = k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kr.view(1, 1, -1) ** 2
+    kx, ky, kz = _wavenumbers(n, rho.device, torch.float64)
+    k2 = kx**2 + ky**2 + kz**2
     rho = torch.fft.irfftn(torch.fft.rfftn(rho) * torch.exp(-0.5 * k2), s=(n,) * 3)
     local = cic_readout(rho[..., None].contiguous(), x)[:, 0].clamp_min(1e-4)
     sigma_mpc = config.kernel_eta * (box / n) * local ** (-config.kernel_power)
@@ -312,9 +322,7 @@ def adaptive_smooth(
     """
     if min_particles <= 0:
         return counts
-    r = counts.shape[-1]
-    k = torch.fft.fftfreq(r, dtype=counts.dtype, device=counts.device) * 2 * math.pi
-    k2 = k.view(-1, 1) ** 2 + k.view(1, -1) ** 2
+    k2 = _k2_2d(counts)
     ck = torch.fft.fft2(counts)
     out = counts.clone()
     done = counts >= min_particles
