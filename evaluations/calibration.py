@@ -85,28 +85,20 @@ def run(args: argparse.Namespace) -> None:
 
 
 FRESH_OUT = Path(__file__).parent / "results" / "calibration_default"
-USED_SEEDS = {  # design seed: simulations, of every set this project simulated before
-    0: 1000,  # data/pm64, the training set (its val/test splits drove earlier choices)
-    1801: 100,  # the input reference
-    1802: 80,  # OOD in-distribution maps
-    14001: 30,  # the estimator study
-}
 
 
 def registration(args: argparse.Namespace) -> dict[str, Any]:
     """The pre-registration record of the fresh calibration (see the module docstring)."""
     import subprocess
 
+    from diffhmc.core.errors import DiffHMCError
     from diffhmc.emulator.checkpoint import model_sha256, resolve_model
-    from diffhmc.simulation.design import simulation_seeds
+    from diffhmc.simulation.design import check_fresh_design
 
-    seeds = simulation_seeds(args.design_seed, args.n)
-    for design, n in USED_SEEDS.items():
-        clash = set(seeds.tolist()) & set(simulation_seeds(design, n).tolist())
-        if design == args.design_seed or clash:
-            raise SystemExit(
-                f"error: design seed {args.design_seed} reuses simulations of seed {design}"
-            )
+    try:
+        seeds = check_fresh_design(args.design_seed, args.n, registered_as=14200)
+    except DiffHMCError as e:
+        raise SystemExit(f"error: {e}") from None
     reference = load_json(Path(__file__).parent / "results" / "ood" / "report.json")
     for name, d in reference.get("datasets", {}).items():
         if set(d["sim_seeds"]) & set(seeds.tolist()):

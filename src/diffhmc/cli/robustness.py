@@ -30,7 +30,11 @@ def register(sub: Any) -> None:
         "diffhmc robustness --dataset data/pm64 --n 10 --levels 0 0.01 0.02 0.05 --out runs/robust",
     )
     p.add_argument("--dataset", type=Path, default=Path("data/pm64"), help="dataset folder")
-    p.add_argument("--split", default="test", help="dataset split")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="dataset split ('all': every simulation, for a set made only for testing)",
+    )
     p.add_argument("--n", type=int, default=10, help="maps (one per simulation)")
     p.add_argument(
         "--levels",

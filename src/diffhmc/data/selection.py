@@ -19,7 +19,18 @@ import torch
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.simulation.gaussian import GaussianFieldFamily
 
-__all__ = ["held_out_fields", "pick_maps"]
+__all__ = ["held_out_fields", "pick_maps", "split_sims"]
+
+
+def split_sims(splits: dict[str, np.ndarray], n_sims: int, split: str) -> np.ndarray:
+    """The simulations of ``split`` in order: ``splits[split]`` (``Dataset.splits``), or
+    ``arange(n_sims)`` for ``"all"`` (a set made only for testing, such as a fresh
+    pre-registered one). Raises :class:`DiffHMCError` naming the valid splits."""
+    if split == "all":
+        return np.arange(n_sims)
+    if split not in splits:
+        raise DiffHMCError(f"unknown split {split!r}; valid: {sorted(splits)} or 'all'")
+    return np.asarray(splits[split])
 
 
 def pick_maps(

@@ -128,7 +128,7 @@ def infer_dataset(
     """
     from diffhmc.core.fileio import load_json
     from diffhmc.data.dataset import load_dataset
-    from diffhmc.data.selection import pick_maps
+    from diffhmc.data.selection import pick_maps, split_sims
 
     cluster = cluster or ClusterSpec(mode="inprocess")
     ds = load_dataset(dataset)
@@ -137,9 +137,7 @@ def infer_dataset(
             f"dataset parameters {list(ds.space.names)} differ from the model's "
             f"{list(model.space.names)}"
         )
-    sims = np.arange(ds.n_sims) if split == "all" else ds.splits.get(split)
-    if sims is None:
-        raise DiffHMCError(f"unknown split {split!r}; valid: {sorted(ds.splits)} or 'all'")
+    sims = split_sims(ds.splits, ds.n_sims, split)
     if n < 1 or n > len(sims):
         raise DiffHMCError(f"--n must be in [1, {len(sims)}] for split {split!r}, got {n}")
     picks = pick_maps(ds.sim_id, sims, n, seed)

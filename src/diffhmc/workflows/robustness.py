@@ -51,7 +51,7 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.runs import Log, check_same_settings
 from diffhmc.data.noise import add_log_noise
-from diffhmc.data.selection import pick_maps
+from diffhmc.data.selection import pick_maps, split_sims
 from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
 from diffhmc.workflows.robustness_report import (
     KEYS,
@@ -200,9 +200,7 @@ def run_robustness(
     ]:
         if nm is not None and nm != names:
             raise DiffHMCError(f"{who} parameters {nm} differ from the dataset's {names}")
-    sims = ds.splits.get(cfg.split)
-    if sims is None:
-        raise DiffHMCError(f"unknown split {cfg.split!r}; valid: {sorted(ds.splits)}")
+    sims = split_sims(ds.splits, ds.n_sims, cfg.split)
     picks = pick_maps(ds.sim_id, sims, cfg.n_maps, cfg.pick_seed)
     rows = np.array([r for r, _ in picks])
     truth = ds.params[rows]

@@ -1,0 +1,205 @@
+"""Noise robustness with power (issue 17): a fresh, registered test set of 50 maps.
+
+Three steps, outputs in ``evaluations/results/robustness_v3/``:
+
+    python evaluations/robustness_fresh.py --register        # registration.json + dataset
+    python evaluations/robustness_fresh.py --run --workers 2 # the posteriors (resumable)
+    python evaluations/robustness_fresh.py --report          # report of the finished maps
+
+``--register`` records, before any posterior exists, the design seed (checked fresh against
+every set this project simulated, :data:`diffhmc.simulation.design.USED_DESIGNS`), the
+simulation seeds, the noise levels and seed, the methods, the SHA-256 of the diffusion
+model and of the baselines, and the inference settings (``InferenceConfig()``, the library
+defaults of issue 14); it then simulates the dataset (default ``SimConfig``; one map per
+simulation is used, split ``all``). ``--run`` is :func:`diffhmc.workflows.robustness.
+run_robustness` at exactly those settings (refusing others): every method sees the same
+noise realisation of a map at a level, the CNN and NPE in one batched call, the
+Diffusion-HMC posteriors map by map as batch jobs (``--workers N`` Dask processes), each
+result saved as it finishes, so an interrupted run loses at most the posteriors in flight.
+``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
+paired_report`) over the maps finished for every method and level, with ``complete``
+saying whether all registered maps are in; a finished ``--run`` writes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffhmc.batch.spec import ClusterSpec
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.fileio import atomic_path, file_sha256, load_json, save_json
+from diffhmc.core.machine import machine_info
+from diffhmc.inference.config import InferenceConfig
+from diffhmc.workflows.robustness_report import (
+    RobustnessConfig,
+    load_results,
+    paired_markdown,
+    paired_report,
+    result_path,
+)
+
+OUT = Path(__file__).parent / "results" / "robustness_v3"
+DESIGN_SEED = 17300  # registered in diffhmc.simulation.design.USED_DESIGNS
+N_MAPS = 50
+LEVELS = (0.0, 0.01, 0.02, 0.05)
+METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
+NOISE_SEED = 17301
+PICK_SEED = 0
+
+
+def robustness_config(dataset: Path) -> RobustnessConfig:
+    return RobustnessConfig(
+        dataset=str(dataset),
+        split="all",
+        n_maps=N_MAPS,
+        levels=LEVELS,
+        methods=METHODS,
+        noise_seed=NOISE_SEED,
+        pick_seed=PICK_SEED,
+    )
+
+
+def registration(dataset: Path) -> dict[str, Any]:
+    """The registration record (see the module docstring)."""
+    from diffhmc.baselines.api import shipped_baseline
+    from diffhmc.emulator.checkpoint import model_sha256, resolve_model
+    from diffhmc.simulation.design import check_fresh_design
+
+    seeds = check_fresh_design(DESIGN_SEED, N_MAPS, registered_as=DESIGN_SEED)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "what": "noise robustness of raw Diffusion-HMC posteriors vs the CNN and NPE on a "
+        "fresh test set at the inference defaults",
+        "registered_at_commit": commit,
+        "design": "latin_hypercube over the CAMELS prior box, default SimConfig",
+        "design_seed": DESIGN_SEED,
+        "sim_seeds": seeds.tolist(),
+        "dataset": str(dataset),
+        "robustness": robustness_config(dataset).to_dict(),
+        "model_sha256": model_sha256(str(resolve_model(None))),
+        "baselines_sha256": {k: file_sha256(shipped_baseline(k)) for k in ("cnn", "npe")},
+        "settings": InferenceConfig().to_dict(),
+        "rule": "the maps are used for nothing else; every number is reported whatever it is",
+    }
+
+
+def register(dataset: Path, workers: int) -> None:
+    from diffhmc.data.generate import load_or_generate
+    from diffhmc.simulation.simulator import SimConfig
+
+    rec = registration(dataset)
+    path = OUT / "registration.json"
+    if path.is_file():
+        old = {k: v for k, v in load_json(path).items() if k != "registered_at_commit"}
+        if old != {k: v for k, v in rec.items() if k != "registered_at_commit"}:
+            raise SystemExit(f"error: {path} exists with other contents; it is never changed")
+    else:
+        OUT.mkdir(parents=True, exist_ok=True)
+        save_json(path, rec)
+    load_or_generate(dataset, N_MAPS, SimConfig(), DESIGN_SEED, workers=workers)
+    print(f"registered -> {path}; dataset {dataset}")
+
+
+def run(workers: int, threads: int, device: str) -> None:
+    from diffhmc.baselines.api import shipped_baseline
+    from diffhmc.emulator.checkpoint import model_sha256, resolve_model
+    from diffhmc.workflows.robustness import load_methods, run_robustness
+
+    reg = load_json(OUT / "registration.json")
+    if InferenceConfig().to_dict() != reg["settings"]:
+        raise SystemExit("error: the library defaults differ from the registered settings")
+    if model_sha256(str(resolve_model(None))) != reg["model_sha256"]:
+        raise SystemExit("error: the shipped model is not the registered one")
+    for k, sha in reg["baselines_sha256"].items():
+        if file_sha256(shipped_baseline(k)) != sha:
+            raise SystemExit(f"error: the shipped {k} is not the registered one")
+    torch.set_num_threads(threads)
+    cfg = RobustnessConfig(**reg["robustness"])
+    model, baselines = load_methods(cfg.methods, device=device)
+    cluster = ClusterSpec(mode="inprocess")
+    if workers > 0:
+        cluster = ClusterSpec(mode="local", workers=workers, threads_per_worker=threads)
+    run_robustness(cfg, OUT, model, baselines, InferenceConfig(), cluster=cluster)
+    report()
+
+
+def report() -> dict[str, Any]:
+    """The paired report over the maps finished for every method and level."""
+    from diffhmc.core.fileio import save_figure
+    from diffhmc.plots.robustness import robustness_summary_figure
+    from diffhmc.workflows.robustness_report import METHOD_LABELS
+
+    reg = load_json(OUT / "registration.json")
+    cfg = RobustnessConfig(**reg["robustness"])
+    saved = load_json(OUT / "config.json")
+    picks = [tuple(p) for p in saved["picks"]]
+    done = [
+        (r, s)
+        for r, s in picks
+        if all(result_path(OUT, m, lv, r, s).is_file() for m in cfg.methods for lv in cfg.levels)
+    ]
+    if len(done) < 2:
+        raise SystemExit(f"error: {len(done)} maps finished; the report needs at least 2")
+    names = ["Omega_m", "sigma_8"]
+    results = load_results(OUT, cfg, done)
+    rep = paired_report(results, cfg.methods, cfg.levels, names)
+    seconds = []
+    for r, s in done:
+        for m in ("dhmc", "dhmc-noise"):
+            for lv in cfg.levels:
+                sec = load_json(result_path(OUT, m, lv, r, s)).get("seconds")
+                if sec is not None and not (m == "dhmc-noise" and lv == 0.0):
+                    seconds.append(float(sec))
+    rep = {
+        **rep,
+        "n_registered": len(picks),
+        "complete": len(done) == len(picks),
+        "maps": [[int(r), int(s)] for r, s in done],
+        "settings": reg["settings"],
+        "robustness": reg["robustness"],
+        "model_sha256": reg["model_sha256"],
+        "seconds_per_posterior_median": float(torch.tensor(seconds).median()) if seconds else None,
+        "command": "python evaluations/robustness_fresh.py --report",
+        "machine": machine_info(),
+    }
+    save_json(OUT / "report.json", rep)
+    with atomic_path(OUT / "paired.md") as tmp:
+        tmp.write_text(paired_markdown(rep, cfg.methods, names))
+    save_figure(
+        OUT / "robustness_summary.png",
+        robustness_summary_figure(rep, cfg.methods, names, METHOD_LABELS),
+    )
+    print(f"{len(done)} of {len(picks)} maps -> {OUT / 'report.json'}")
+    return rep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--register", action="store_true")
+    ap.add_argument("--run", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--dataset", type=Path, default=Path(f"data/robust_s{DESIGN_SEED}"))
+    ap.add_argument("--workers", type=int, default=2, help="Dask workers (0: in-process)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    try:
+        if args.register:
+            register(args.dataset, max(args.workers, 1))
+        if args.run:
+            run(args.workers, args.threads, args.device)
+        if args.report:
+            report()
+    except DiffHMCError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
