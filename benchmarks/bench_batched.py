@@ -35,7 +35,7 @@ import torch
 
 from diffhmc.core.fileio import load_json, save_json
 from diffhmc.core.machine import machine_info
-from diffhmc.emulator.checkpoint import LoadedModel, load_model, read_checkpoint, resolve_model
+from diffhmc.emulator.checkpoint import LoadedModel, load_model, load_model_for_timing
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
 from diffhmc.inference.mcmc import NUTSConfig
@@ -76,9 +76,7 @@ def test_map(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_256(args: argparse.Namespace) -> LoadedModel:
-    ckpt = dict(read_checkpoint(resolve_model(args.model)))
-    ckpt["map_resolution"] = 256
-    return LoadedModel(ckpt, device=args.device, source="shipped weights at 256^2 (timing only)")
+    return load_model_for_timing(args.model, 256, args.device)
 
 
 def grad_rates(model: Any, density: np.ndarray, args: argparse.Namespace) -> list[dict]:

@@ -19,7 +19,7 @@ def test_emulator_lease_rehearsal_end_to_end(tmp_path: Path) -> None:
         sys.executable, str(ROOT / "scripts/gpu/emulator_lease.py"), "--out", str(out),
         "--tiny", "--generate", "8", "--budget", "150",
         "--train-seconds", "3", "--batch", "8", "--log-every", "5",
-        "--device", "cpu",
+        "--device", "cpu", "--posterior-share", "0",
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -39,3 +39,20 @@ def test_emulator_lease_rehearsal_end_to_end(tmp_path: Path) -> None:
     ddpm = rec["phases"].get("validate_ddpm")
     assert ddpm is None or ddpm["ok"] or ddpm["timed_out"]
     assert "] done," in (out / "lease.log").read_text()
+
+
+def test_posterior_timing_rehearsal(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/bench_posterior_gpu.py (issue 15, item 4) end to end at tiny size: every
+    key the device run commits is written, each a positive time or rate."""
+    _, ckpt = tiny_model
+    out = tmp_path / "posterior_gpu.json"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks/bench_posterior_gpu.py"), "--tiny",
+        "--model", str(ckpt), "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = json.loads(out.read_text())
+    for key in ("seconds_64", "seconds_256", "posteriors_per_minute_64_joint"):
+        assert rec[key] > 0, key
+    assert rec["joint"]["maps"] == 2 and rec["tiny"] and rec["device"] == "cpu"

@@ -16,7 +16,12 @@ Everything runs against a wall-clock budget (``--budget`` seconds, default 540 f
    with DDPM-1000 (each skipped, and said so, when the budget is short);
 5. the EMA weights exported for inference (``$OUT/default.pt``), the training log and
    checkpoint split in 15 MB parts (``$OUT/last.pt.part-*``: ``cat`` them to resume), and
-   ``$OUT/lease.json`` with every phase's seconds, images/s and the validation medians.
+   ``$OUT/lease.json`` with every phase's seconds, images/s and the validation medians;
+6. posterior timings with the new weights (``benchmarks/bench_posterior_gpu.py``:
+   ``$OUT/posterior_gpu.json``) in the ``--posterior-share`` of the budget left at the end.
+
+With ``--generate``, a probe of 8 simulations measures the device's rate first and the set
+is sized to at most 35% of the time left (never more than ``N``).
 
     # on the device machine (carry .transport/ or nothing when generating):
     python scripts/gpu/emulator_lease.py --out $OUT --transport .transport/pm64.npz
@@ -121,6 +126,9 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="do not warm-start")
     ap.add_argument("--val-cosmologies", type=int, default=20)
     ap.add_argument("--val-share", type=float, default=0.22, help="budget kept for validation")
+    ap.add_argument(
+        "--posterior-share", type=float, default=0.1, help="budget kept for posterior timing"
+    )
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: tiny data and model")
     ap.add_argument(
         "--train-seconds", type=float, default=0.0, help="training time (0: the budget's share)"
@@ -148,19 +156,32 @@ def main() -> int:
         lease.say(f"dataset {data}: already generated, reused")
     elif args.generate:
         sim = [f"--set={s}" for s in TINY_SIM] if args.tiny else []
+        gen = [*py, "dataset", "generate", "--seed", "0", "--preset", args.preset,
+               "--device", device, "--workers", "1", *sim]  # fmt: skip
+        # a probe of a few simulations sizes the set to the budget (its rate includes the
+        # start-up, so it errs on the small side); at most 35% of what is left is spent
+        n_probe = min(8, args.generate)
         t = time.perf_counter()
         ok = lease.run(
-            "generate",
-            [*py, "dataset", "generate", "--out", str(data), "--n-sims", str(args.generate),
-             "--seed", "0", "--preset", args.preset, "--device", device, "--workers", "1", *sim],
-            0.45 * lease.left(),
-        )  # fmt: skip
+            "generate_probe",
+            [*gen, "--out", str(args.out / "probe"), "--n-sims", str(n_probe)],
+            0.15 * lease.left(),
+        )
+        per_sim = (time.perf_counter() - t) / n_probe
+        n_sims = min(args.generate, max(n_probe, int(0.35 * lease.left() / per_sim)))
+        lease.say(f"probe: {per_sim:.2f} s per simulation -> {n_sims} simulations")
+        t = time.perf_counter()
+        ok = ok and lease.run(
+            "generate", [*gen, "--out", str(data), "--n-sims", str(n_sims)], 0.45 * lease.left()
+        )
         if ok:
             sec = time.perf_counter() - t
             meta = json.loads((data / "meta.json").read_text())
-            n_maps = int(meta.get("n_maps", 0)) or args.generate * 15
+            n_maps = int(meta.get("n_maps", 0)) or n_sims * 15
             lease.record["generate"] = {
-                "n_sims": args.generate,
+                "n_sims": n_sims,
+                "n_sims_asked": args.generate,
+                "probe_seconds_per_sim": per_sim,
                 "preset": args.preset,
                 "seconds": sec,
                 "maps_per_minute": 60.0 * n_maps / sec,
@@ -175,7 +196,8 @@ def main() -> int:
     # 3. training
     lr = min(args.max_lr, 2e-4 * args.batch / 32)
     left = lease.left()
-    train_s = args.train_seconds or max(10.0, left * (1.0 - args.val_share) - 30.0)
+    share = 1.0 - args.val_share - args.posterior_share
+    train_s = args.train_seconds or max(10.0, left * share - 30.0)
     run = args.out / "run"
     sets = [
         f"dataset={data}", f"batch_size={args.batch}", f"lr={lr}", "warmup_steps=200",
@@ -229,11 +251,20 @@ def main() -> int:
             [*py, "validate-emulator", "--model", str(model), "--dataset", str(data),
              "--n-cosmologies", str(n_val), "--n-generated", n_gen, "--sampler", sampler,
              *extra, "--device", device, "--out", str(vdir)],
-            max(5.0, lease.left() - 5),
+            max(5.0, lease.left() - args.posterior_share * args.budget - 5),
         )  # fmt: skip
         metrics = vdir / "metrics.json"
         if metrics.is_file():
             lease.record[f"validate_{sampler}"] = json.loads(metrics.read_text()).get("summary")
+    # 6. posterior timings with the new weights (issue 15 item 4), in what is left; the
+    # benchmark saves each part as it finishes, so a stop by the budget keeps the rest
+    timing = args.out / "posterior_gpu.json"
+    bench = [sys.executable, "benchmarks/bench_posterior_gpu.py", "--model", str(model)]
+    bench += ["--device", device, "--out", str(timing), *(["--tiny"] if args.tiny else [])]
+    if args.posterior_share > 0 and lease.left() > 20:
+        lease.run("posterior_timing", bench, lease.left() - 5)
+    if timing.is_file():
+        lease.record["posterior_timing"] = json.loads(timing.read_text())
     lease.say(f"done, {lease.left():.0f} s of the budget left")
     lease.save()
     return 0

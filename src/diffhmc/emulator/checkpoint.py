@@ -116,6 +116,19 @@ def load_model(
     return LoadedModel(read_checkpoint(p), use_ema=use_ema, device=device, source=str(p))
 
 
+def load_model_for_timing(
+    path: str | os.PathLike[str] | None, map_resolution: int, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The weights of :func:`load_model` relabelled to take ``map_resolution`` maps: the
+    U-Net is fully convolutional, so this costs what a model of the same architecture
+    trained at that size costs. For timing only: its likelihood is not a trained one."""
+    ckpt = dict(read_checkpoint(resolve_model(path)))
+    ckpt["map_resolution"] = int(map_resolution)
+    return LoadedModel(
+        ckpt, device=device, source=f"{resolve_model(path)} at {map_resolution}^2 (timing only)"
+    )
+
+
 DEFAULT_MODEL = SHIPPED_MODELS_DIR / "default.pt"
 """The shipped default emulator (EMA weights; see models/README.md for its recipe)."""
 

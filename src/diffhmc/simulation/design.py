@@ -80,6 +80,7 @@ USED_DESIGNS: dict[int, int] = {
     1802: 80,  # OOD in-distribution maps
     14001: 30,  # the estimator study
     14200: 100,  # the pre-registered calibration of the defaults (issue 14)
+    15400: 17,  # posterior timing maps (benchmarks/bench_posterior_gpu.py; timing only)
     17300: 50,  # the robustness v3 test set (issue 17)
 }
 
