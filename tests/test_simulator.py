@@ -608,3 +608,21 @@ def test_default_config_maps() -> None:
     np.testing.assert_allclose(per_axis, cosmo.omega_cdm * RHO_CRIT * config.box_size**3, rtol=1e-5)
     k, pk, _ = power_spectrum(maps, config.box_size)
     assert bool(np.isfinite(pk).all()) and bool((pk > 0).all())
+
+
+def test_fidelity_preset_torch_path_matches_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU dataset path (``dataset generate --device cuda``) is the pure-torch code; at
+    the ``fidelity`` preset (force-window deconvolution, per-particle kernel) it gives the
+    numba path's maps on the CPU, so the device run that generates its own training set
+    with that preset runs the code this checks."""
+    if not pm._HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    from dataclasses import replace
+
+    cfg = replace(SimConfig.preset("fidelity"), n_particles=16, n_mesh=32, n_steps=4)
+    monkeypatch.setattr(pm, "USE_NUMBA", True)
+    fast = simulate_maps(0.3, 0.8, 5, cfg)
+    monkeypatch.setattr(pm, "USE_NUMBA", False)
+    ref = simulate_maps(0.3, 0.8, 5, cfg)
+    assert fast.shape == ref.shape == (15, 64, 64)
+    np.testing.assert_allclose(fast, ref, rtol=1e-3)
