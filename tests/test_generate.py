@@ -208,3 +208,29 @@ def test_generate_on_cuda_without_a_gpu_is_one_clear_error(tmp_path):
     with pytest.raises(DiffHMCError, match="no CUDA device is available"):
         generate_dataset(tmp_path / "ds", 2, SimConfig(), 0, device="cuda")
     assert not (tmp_path / "ds").exists()  # nothing half-written
+
+
+def test_check_fresh_design_refuses_reused_simulations():
+    from diffhmc.simulation.design import USED_DESIGNS, check_fresh_design, simulation_seeds
+
+    # a registered set regenerates under its own entry, and nothing else may take its seeds
+    for seed, n in USED_DESIGNS.items():
+        assert np.array_equal(check_fresh_design(seed, n, registered_as=seed),
+                              simulation_seeds(seed, n))  # fmt: skip
+        with pytest.raises(DiffHMCError, match=f"design seed {seed}"):
+            check_fresh_design(seed, n)
+    # registered_as only skips a set's own entry: another used seed is still refused
+    with pytest.raises(DiffHMCError, match="design seed 0"):
+        check_fresh_design(0, 10, registered_as=14200)
+    fresh = max(USED_DESIGNS) + 12345
+    assert len(check_fresh_design(fresh, 20)) == 20
+
+
+def test_split_sims_all_and_named_splits():
+    from diffhmc.data.selection import split_sims
+
+    splits = {"train": np.array([0, 2]), "test": np.array([1])}
+    assert split_sims(splits, 3, "all").tolist() == [0, 1, 2]
+    assert split_sims(splits, 3, "test").tolist() == [1]
+    with pytest.raises(DiffHMCError, match="unknown split 'val'.*'all'"):
+        split_sims(splits, 3, "val")
