@@ -24,6 +24,7 @@ saying whether all registered maps are in; a finished ``--run`` writes it too.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def run(workers: int, threads: int, device: str) -> None:
 def report() -> dict[str, Any]:
     """The paired report over the maps finished for every method and level."""
     from diffhmc.core.fileio import save_figure
+    from diffhmc.emulator.checkpoint import read_checkpoint, resolve_model
     from diffhmc.plots.robustness import robustness_summary_figure
     from diffhmc.workflows.robustness_report import METHOD_LABELS
 
@@ -147,7 +149,7 @@ def report() -> dict[str, Any]:
     ]
     if len(done) < 2:
         raise SystemExit(f"error: {len(done)} maps finished; the report needs at least 2")
-    names = ["Omega_m", "sigma_8"]
+    names = list(read_checkpoint(resolve_model(None))["param_space"]["names"])
     results = load_results(OUT, cfg, done)
     rep = paired_report(results, cfg.methods, cfg.levels, names)
     seconds = []
@@ -165,7 +167,7 @@ def report() -> dict[str, Any]:
         "settings": reg["settings"],
         "robustness": reg["robustness"],
         "model_sha256": reg["model_sha256"],
-        "seconds_per_posterior_median": float(torch.tensor(seconds).median()) if seconds else None,
+        "seconds_per_posterior_median": statistics.median(seconds) if seconds else None,
         "command": "python evaluations/robustness_fresh.py --report",
         "machine": machine_info(),
     }
