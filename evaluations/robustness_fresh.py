@@ -16,6 +16,10 @@ run_robustness` at exactly those settings (refusing others): every method sees t
 noise realisation of a map at a level, the CNN and NPE in one batched call, the
 Diffusion-HMC posteriors map by map as batch jobs (``--workers N`` Dask processes), each
 result saved as it finishes, so an interrupted run loses at most the posteriors in flight.
+``--amend-baseline cnn --reason TEXT`` records, in ``amendments.json`` (the registration
+itself never changes), that a shipped baseline was replaced after registration, with both
+SHA-256s; it is refused once a report exists (a comparison has been read), and it removes
+that baseline's results so the next ``--run`` predicts them again (seconds).
 ``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
 paired_report`) over the maps finished for every method and level, with ``complete``
 saying whether all registered maps are in; a finished ``--run`` writes it too.
@@ -108,6 +112,48 @@ def register(dataset: Path, workers: int) -> None:
     print(f"registered -> {path}; dataset {dataset}")
 
 
+def expected_baselines(reg: dict[str, Any]) -> dict[str, str]:
+    """The baselines' SHA-256 the run must use: the registered ones, as amended."""
+    shas = dict(reg["baselines_sha256"])
+    path = OUT / "amendments.json"
+    for a in load_json(path) if path.is_file() else []:
+        shas[a["baseline"]] = a["sha256_new"]
+    return shas
+
+
+def amend_baseline(kind: str, reason: str) -> None:
+    """Record that the shipped ``kind`` replaced the registered one (see the docstring)."""
+    import datetime
+    import shutil
+
+    from diffhmc.baselines.api import shipped_baseline
+
+    if (OUT / "report.json").is_file():
+        raise SystemExit("error: a report exists; a baseline cannot be changed after reading it")
+    reg = load_json(OUT / "registration.json")
+    old, new = expected_baselines(reg)[kind], file_sha256(shipped_baseline(kind))
+    if old == new:
+        raise SystemExit(f"error: the shipped {kind} is the one already registered")
+    path = OUT / "amendments.json"
+    rec = load_json(path) if path.is_file() else []
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    rec.append(
+        {
+            "baseline": kind,
+            "sha256_old": old,
+            "sha256_new": new,
+            "reason": reason,
+            "at_commit": commit,
+            "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    save_json(path, rec)
+    shutil.rmtree(OUT / "results" / kind, ignore_errors=True)
+    print(f"amended: {kind} {old[:12]} -> {new[:12]}; its results will be predicted again")
+
+
 def run(workers: int, threads: int, device: str) -> None:
     from diffhmc.baselines.api import shipped_baseline
     from diffhmc.emulator.checkpoint import model_sha256, resolve_model
@@ -118,7 +164,7 @@ def run(workers: int, threads: int, device: str) -> None:
         raise SystemExit("error: the library defaults differ from the registered settings")
     if model_sha256(str(resolve_model(None))) != reg["model_sha256"]:
         raise SystemExit("error: the shipped model is not the registered one")
-    for k, sha in reg["baselines_sha256"].items():
+    for k, sha in expected_baselines(reg).items():
         if file_sha256(shipped_baseline(k)) != sha:
             raise SystemExit(f"error: the shipped {k} is not the registered one")
     torch.set_num_threads(threads)
@@ -187,12 +233,18 @@ def main() -> None:
     ap.add_argument("--register", action="store_true")
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--amend-baseline", choices=("cnn", "npe"), default=None)
+    ap.add_argument("--reason", default="", help="why (with --amend-baseline)")
     ap.add_argument("--dataset", type=Path, default=Path(f"data/robust_s{DESIGN_SEED}"))
     ap.add_argument("--workers", type=int, default=2, help="Dask workers (0: in-process)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     try:
+        if args.amend_baseline:
+            if not args.reason:
+                raise SystemExit("error: --amend-baseline needs --reason")
+            amend_baseline(args.amend_baseline, args.reason)
         if args.register:
             register(args.dataset, max(args.workers, 1))
         if args.run:
