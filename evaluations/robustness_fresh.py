@@ -101,9 +101,13 @@ def register(dataset: Path, workers: int) -> None:
 
     rec = registration(dataset)
     path = OUT / "registration.json"
-    if path.is_file():
-        old = {k: v for k, v in load_json(path).items() if k != "registered_at_commit"}
-        if old != {k: v for k, v in rec.items() if k != "registered_at_commit"}:
+    if path.is_file():  # a rerun (e.g. to simulate the data again) must match it, as amended
+        saved = load_json(path)
+        skip = ("registered_at_commit", "baselines_sha256")
+        same = {k: v for k, v in saved.items() if k not in skip} == {
+            k: v for k, v in rec.items() if k not in skip
+        }
+        if not same or rec["baselines_sha256"] != expected_baselines(saved):
             raise SystemExit(f"error: {path} exists with other contents; it is never changed")
     else:
         OUT.mkdir(parents=True, exist_ok=True)
