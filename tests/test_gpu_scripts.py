@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,11 @@ def test_emulator_lease_rehearsal_end_to_end(tmp_path: Path) -> None:
     assert "] done," in (out / "lease.log").read_text()
 
 
+@pytest.mark.slow
 def test_posterior_timing_rehearsal(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
     """benchmarks/bench_posterior_gpu.py (issue 15, item 4) end to end at tiny size: every
-    key the device run commits is written, each a positive time or rate."""
+    key the device run commits is written, each a positive time or rate. About 30-45 s, so
+    it is in the slow tier: run ``pytest -m slow tests/test_gpu_scripts.py`` before a lease."""
     _, ckpt = tiny_model
     out = tmp_path / "posterior_gpu.json"
     cmd = [
