@@ -37,15 +37,14 @@ import torch
 
 from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.core.fileio import atomic_path, file_sha256, load_json, save_json
+from diffhmc.core.fileio import file_sha256, load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.workflows.robustness_report import (
     RobustnessConfig,
     load_results,
-    paired_markdown,
-    paired_report,
     result_path,
+    write_paired,
 )
 
 OUT = Path(__file__).parent / "results" / "robustness_v3"
@@ -69,6 +68,12 @@ def robustness_config(dataset: Path) -> RobustnessConfig:
     )
 
 
+def head_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
 def registration(dataset: Path) -> dict[str, Any]:
     """The registration record (see the module docstring)."""
     from diffhmc.baselines.api import shipped_baseline
@@ -76,9 +81,7 @@ def registration(dataset: Path) -> dict[str, Any]:
     from diffhmc.simulation.design import check_fresh_design
 
     seeds = check_fresh_design(DESIGN_SEED, N_MAPS, registered_as=DESIGN_SEED)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = head_commit()
     return {
         "what": "noise robustness of raw Diffusion-HMC posteriors vs the CNN and NPE on a "
         "fresh test set at the inference defaults",
@@ -140,9 +143,7 @@ def amend_baseline(kind: str, reason: str) -> None:
         raise SystemExit(f"error: the shipped {kind} is the one already registered")
     path = OUT / "amendments.json"
     rec = load_json(path) if path.is_file() else []
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = head_commit()
     rec.append(
         {
             "baseline": kind,
@@ -183,10 +184,7 @@ def run(workers: int, threads: int, device: str) -> None:
 
 def report() -> dict[str, Any]:
     """The paired report over the maps finished for every method and level."""
-    from diffhmc.core.fileio import save_figure
     from diffhmc.emulator.checkpoint import read_checkpoint, resolve_model
-    from diffhmc.plots.robustness import robustness_summary_figure
-    from diffhmc.workflows.robustness_report import METHOD_LABELS
 
     reg = load_json(OUT / "registration.json")
     cfg = RobustnessConfig(**reg["robustness"])
@@ -200,8 +198,6 @@ def report() -> dict[str, Any]:
     if len(done) < 2:
         raise SystemExit(f"error: {len(done)} maps finished; the report needs at least 2")
     names = list(read_checkpoint(resolve_model(None))["param_space"]["names"])
-    results = load_results(OUT, cfg, done)
-    rep = paired_report(results, cfg.methods, cfg.levels, names)
     seconds = []
     for r, s in done:
         for m in ("dhmc", "dhmc-noise"):
@@ -209,8 +205,7 @@ def report() -> dict[str, Any]:
                 sec = load_json(result_path(OUT, m, lv, r, s)).get("seconds")
                 if sec is not None and not (m == "dhmc-noise" and lv == 0.0):
                     seconds.append(float(sec))
-    rep = {
-        **rep,
+    extra = {
         "n_registered": len(picks),
         "complete": len(done) == len(picks),
         "maps": [[int(r), int(s)] for r, s in done],
@@ -221,13 +216,7 @@ def report() -> dict[str, Any]:
         "command": "python evaluations/robustness_fresh.py --report",
         "machine": machine_info(),
     }
-    save_json(OUT / "report.json", rep)
-    with atomic_path(OUT / "paired.md") as tmp:
-        tmp.write_text(paired_markdown(rep, cfg.methods, names))
-    save_figure(
-        OUT / "robustness_summary.png",
-        robustness_summary_figure(rep, cfg.methods, names, METHOD_LABELS),
-    )
+    rep = write_paired(OUT, load_results(OUT, cfg, done), cfg, names, extra)
     print(f"{len(done)} of {len(picks)} maps -> {OUT / 'report.json'}")
     return rep
 

@@ -108,7 +108,7 @@ def write_outputs(
     names: Sequence[str],
     picks: Sequence[tuple[int, int]],
 ) -> None:
-    from diffhmc.plots.robustness import robustness_figure, robustness_summary_figure
+    from diffhmc.plots.robustness import robustness_figure
 
     save_json(out / "table.json", {**table, "package_version": __version__})
     buf = io.StringIO()
@@ -123,13 +123,28 @@ def write_outputs(
     fig = robustness_figure(results, cfg.methods, cfg.levels, names, METHOD_LABELS)
     save_figure(out / "robustness.png", fig)
     if "cnn" in cfg.methods and len(picks) >= 2:
-        report = paired_report(results, cfg.methods, cfg.levels, names)
-        report = {**report, "settings": table["settings"], "package_version": __version__}
-        save_json(out / "report.json", report)
-        with atomic_path(out / "paired.md") as tmp:
-            tmp.write_text(paired_markdown(report, cfg.methods, names))
-        fig = robustness_summary_figure(report, cfg.methods, names, METHOD_LABELS)
-        save_figure(out / "robustness_summary.png", fig)
+        write_paired(out, results, cfg, names, {"settings": table["settings"]})
+
+
+def write_paired(
+    out: Path,
+    results: dict[tuple[str, float], dict[str, np.ndarray]],
+    cfg: RobustnessConfig,
+    names: Sequence[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the paired report of ``results`` (:func:`paired_report` plus ``extra`` keys) as
+    ``report.json``, ``paired.md`` and ``robustness_summary.png`` in ``out``; returns it."""
+    from diffhmc.plots.robustness import robustness_summary_figure
+
+    report = paired_report(results, cfg.methods, cfg.levels, names)
+    report = {**report, **extra, "package_version": __version__}
+    save_json(out / "report.json", report)
+    with atomic_path(out / "paired.md") as tmp:
+        tmp.write_text(paired_markdown(report, cfg.methods, names))
+    fig = robustness_summary_figure(report, cfg.methods, names, METHOD_LABELS)
+    save_figure(out / "robustness_summary.png", fig)
+    return report
 
 
 METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
