@@ -20,6 +20,9 @@ result saved as it finishes, so an interrupted run loses at most the posteriors 
 itself never changes), that a shipped baseline was replaced after registration, with both
 SHA-256s; it is refused once a report exists (a comparison has been read), and it removes
 that baseline's results so the next ``--run`` predicts them again (seconds).
+``--amend-add-method cnn-noise --reason TEXT`` records the same way that a baseline method
+was added after registration (the shipped ``models/cnn-noise.pt`` and its SHA-256), also
+refused once a report exists; the next ``--run`` predicts it on the same noisy maps.
 ``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
 paired_report`) over the maps finished for every method and level, with ``complete``
 saying whether all registered maps are in; a finished ``--run`` writes it too.
@@ -110,7 +113,8 @@ def register(dataset: Path, workers: int) -> None:
         same = {k: v for k, v in saved.items() if k not in skip} == {
             k: v for k, v in rec.items() if k not in skip
         }
-        if not same or rec["baselines_sha256"] != expected_baselines(saved):
+        amended = expected_baselines(saved)
+        if not same or rec["baselines_sha256"] != {k: amended[k] for k in rec["baselines_sha256"]}:
             raise SystemExit(f"error: {path} exists with other contents; it is never changed")
     else:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -122,14 +126,26 @@ def register(dataset: Path, workers: int) -> None:
 def expected_baselines(reg: dict[str, Any]) -> dict[str, str]:
     """The baselines' SHA-256 the run must use: the registered ones, as amended."""
     shas = dict(reg["baselines_sha256"])
-    path = OUT / "amendments.json"
-    for a in load_json(path) if path.is_file() else []:
+    for a in amendments():
         shas[a["baseline"]] = a["sha256_new"]
     return shas
 
 
-def amend_baseline(kind: str, reason: str) -> None:
-    """Record that the shipped ``kind`` replaced the registered one (see the docstring)."""
+def amendments() -> list[dict[str, Any]]:
+    path = OUT / "amendments.json"
+    return load_json(path) if path.is_file() else []
+
+
+def registered_config(reg: dict[str, Any]) -> RobustnessConfig:
+    """The registered robustness settings with the methods added by amendment."""
+    added = [a["baseline"] for a in amendments() if a.get("added_method")]
+    values = dict(reg["robustness"])
+    values["methods"] = [*values["methods"], *added]
+    return RobustnessConfig(**values)
+
+
+def _amend(name: str, reason: str, added: bool) -> None:
+    """Record a replaced (``added=False``) or added baseline ``name`` (see the docstring)."""
     import datetime
     import shutil
 
@@ -138,25 +154,30 @@ def amend_baseline(kind: str, reason: str) -> None:
     if (OUT / "report.json").is_file():
         raise SystemExit("error: a report exists; a baseline cannot be changed after reading it")
     reg = load_json(OUT / "registration.json")
-    old, new = expected_baselines(reg)[kind], file_sha256(shipped_baseline(kind))
+    known = expected_baselines(reg)
+    if added and name in known:
+        raise SystemExit(f"error: {name} is already a method of this run")
+    if not added and name not in known:
+        raise SystemExit(f"error: {name} is not a method of this run (add it instead)")
+    old, new = known.get(name), file_sha256(shipped_baseline(name))
     if old == new:
-        raise SystemExit(f"error: the shipped {kind} is the one already registered")
-    path = OUT / "amendments.json"
-    rec = load_json(path) if path.is_file() else []
-    commit = head_commit()
+        raise SystemExit(f"error: the shipped {name} is the one already registered")
+    rec = amendments()
     rec.append(
         {
-            "baseline": kind,
+            "baseline": name,
+            **({"added_method": True} if added else {}),
             "sha256_old": old,
             "sha256_new": new,
             "reason": reason,
-            "at_commit": commit,
+            "at_commit": head_commit(),
             "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
-    save_json(path, rec)
-    shutil.rmtree(OUT / "results" / kind, ignore_errors=True)
-    print(f"amended: {kind} {old[:12]} -> {new[:12]}; its results will be predicted again")
+    save_json(OUT / "amendments.json", rec)
+    shutil.rmtree(OUT / "results" / name, ignore_errors=True)
+    what = "added" if added else f"{(old or '')[:12]} ->"
+    print(f"amended: {name} {what} {new[:12]}; its results will be predicted at the next --run")
 
 
 def run(workers: int, threads: int, device: str) -> None:
@@ -173,7 +194,7 @@ def run(workers: int, threads: int, device: str) -> None:
         if file_sha256(shipped_baseline(k)) != sha:
             raise SystemExit(f"error: the shipped {k} is not the registered one")
     torch.set_num_threads(threads)
-    cfg = RobustnessConfig(**reg["robustness"])
+    cfg = registered_config(reg)
     model, baselines = load_methods(cfg.methods, device=device)
     cluster = ClusterSpec(mode="inprocess")
     if workers > 0:
@@ -187,7 +208,7 @@ def report() -> dict[str, Any]:
     from diffhmc.emulator.checkpoint import read_checkpoint, resolve_model
 
     reg = load_json(OUT / "registration.json")
-    cfg = RobustnessConfig(**reg["robustness"])
+    cfg = registered_config(reg)
     saved = load_json(OUT / "config.json")
     picks = [tuple(p) for p in saved["picks"]]
     done = [
@@ -210,7 +231,8 @@ def report() -> dict[str, Any]:
         "complete": len(done) == len(picks),
         "maps": [[int(r), int(s)] for r, s in done],
         "settings": reg["settings"],
-        "robustness": reg["robustness"],
+        "robustness": cfg.to_dict(),
+        "amendments": amendments(),
         "model_sha256": reg["model_sha256"],
         "seconds_per_posterior_median": statistics.median(seconds) if seconds else None,
         "command": "python evaluations/robustness_fresh.py --report",
@@ -227,17 +249,20 @@ def main() -> None:
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--amend-baseline", choices=("cnn", "npe"), default=None)
-    ap.add_argument("--reason", default="", help="why (with --amend-baseline)")
+    ap.add_argument("--amend-add-method", choices=("cnn-noise",), default=None)
+    ap.add_argument("--reason", default="", help="why (with an amendment)")
     ap.add_argument("--dataset", type=Path, default=Path(f"data/robust_s{DESIGN_SEED}"))
     ap.add_argument("--workers", type=int, default=2, help="Dask workers (0: in-process)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     try:
+        if (args.amend_baseline or args.amend_add_method) and not args.reason:
+            raise SystemExit("error: an amendment needs --reason")
         if args.amend_baseline:
-            if not args.reason:
-                raise SystemExit("error: --amend-baseline needs --reason")
-            amend_baseline(args.amend_baseline, args.reason)
+            _amend(args.amend_baseline, args.reason, added=False)
+        if args.amend_add_method:
+            _amend(args.amend_add_method, args.reason, added=True)
         if args.register:
             register(args.dataset, max(args.workers, 1))
         if args.run:

@@ -132,6 +132,37 @@ def test_periodic_padding_makes_the_cnn_invariant_to_rolls() -> None:
     assert float((za[0] - zb[0]).abs().max()) > 0.05 * spread
 
 
+def test_training_noise_has_a_per_map_std_up_to_the_maximum() -> None:
+    """Each map's added noise is white with its own std, all within [0, max_std]; 0 adds
+    nothing and draws nothing (so runs without augmentation keep their batches)."""
+    x = torch.zeros(200, 1, 32, 32)
+    gen = torch.Generator().manual_seed(3)
+    noisy = cnn.add_training_noise(x, 0.3, gen)
+    stds = noisy.flatten(1).std(dim=1)
+    assert float(stds.max()) < 0.3 * 1.05 and float(stds.min()) < 0.03
+    assert abs(float(stds.mean()) - 0.15) < 0.02  # U(0, 0.3) has mean 0.15
+    again = cnn.add_training_noise(x, 0.3, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(noisy, again, rtol=0, atol=0)
+    state = gen.get_state()
+    assert cnn.add_training_noise(x, 0.0, gen) is x
+    assert torch.equal(gen.get_state(), state)
+    with pytest.raises(DiffHMCError, match="max_std"):
+        cnn.add_training_noise(x, -1.0, gen)
+
+
+def test_noise_augmented_cnn_trains_on_noisy_maps(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``noise_dex`` changes the training batches and the validation maps (a fixed draw:
+    two runs agree to the bit), and the checkpoint records it."""
+    base = {"width": 4, "max_width": 8, "head_hidden": 8, "epochs": 1, "batch_size": 4}
+    clean = train_baseline("cnn", tiny_dataset, tmp_path / "c", make_config("cnn", base), 1, False)
+    cfg = make_config("cnn", {**base, "noise_dex": 0.05})
+    a = train_baseline("cnn", tiny_dataset, tmp_path / "a", cfg, 1, progress=False)
+    b = train_baseline("cnn", tiny_dataset, tmp_path / "b", cfg, 1, progress=False)
+    assert a["history"][0]["val_loss"] == b["history"][0]["val_loss"]
+    assert a["history"][0]["train_loss"] != clean["history"][0]["train_loss"]
+    assert load_baseline(tmp_path / "a" / "model.pt").config.noise_dex == 0.05
+
+
 # --------------------------------------------------------------------------- configs
 
 
@@ -142,6 +173,7 @@ def test_periodic_padding_makes_the_cnn_invariant_to_rolls() -> None:
         ("cnn", {"lr": -1.0}, "lr"),
         ("cnn", {"widht": 3}, "unknown CNN setting"),
         ("cnn", {"batch_size": 1}, "batch_size"),
+        ("cnn", {"noise_dex": -0.01}, "noise_dex"),
         ("npe", {"flow": "realnvp"}, "flow"),
         ("npe", {"n_samples": 2}, "n_samples"),
         ("gan", {}, "unknown baseline kind"),

@@ -153,6 +153,37 @@ def test_robustness_config_validation(tiny: tuple[Path, Path], tmp_path: Path) -
     other.source = "another.pt"
     with pytest.raises(DiffHMCError, match="method cnn was run with"):
         run_robustness(both, out, None, {"cnn": other, "npe": StandIn()}, progress=False)
+    # the noise-augmented CNN is one more baseline method: added to the finished run, only
+    # its own predictions are made, on the same noisy maps the CNN saw
+    aug = StandIn()
+    more = RobustnessConfig(
+        dataset=str(ds_path),
+        n_maps=1,
+        levels=(0.0, 0.1, 0.2),
+        methods=("cnn", "npe", "cnn-noise"),
+    )
+    table = run_robustness(
+        more, out, None, {"cnn": cnn, "npe": StandIn(), "cnn-noise": aug}, progress=False
+    )
+    assert len(cnn.seen) == 3 and len(aug.seen) == 3
+    for a, b in zip(aug.seen, cnn.seen, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "CNN, noise-augmented" in (out / "table.md").read_text()
+    with pytest.raises(DiffHMCError, match="no trained baseline given for \\['cnn-noise'\\]"):
+        run_robustness(more, out, None, {"cnn": cnn, "npe": StandIn()}, progress=False)
+
+
+def test_load_methods_names_the_checkpoint(tmp_path: Path) -> None:
+    from diffhmc.baselines.api import shipped_baseline
+    from diffhmc.workflows.robustness import load_methods
+
+    missing = tmp_path / "cnn_noise_missing.pt"
+    with pytest.raises(DiffHMCError, match="cnn_noise_missing.pt"):
+        load_methods(("cnn-noise",), {"cnn-noise": missing})
+    with pytest.raises(DiffHMCError, match="unknown shipped baseline 'gan'"):
+        shipped_baseline("gan")
+    model, baselines = load_methods(("cnn",), {"cnn": None})
+    assert model is None and baselines["cnn"].source == str(shipped_baseline("cnn"))
 
 
 def test_cli_robustness(

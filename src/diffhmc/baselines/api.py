@@ -38,11 +38,15 @@ __all__ = [
     "npe_initializer",
     "open_baseline",
     "shipped_baseline",
+    "SHIPPED",
 ]
 
 FORMAT = "diffhmc-baseline"
 FORMAT_VERSION = 1
 KINDS = ("cnn", "npe")
+SHIPPED = ("cnn", "npe", "cnn-noise")
+"""Baselines shipped in ``models/<name>.pt``: the CNN, the NPE, and the CNN trained with
+noise augmentation (``CNNConfig.noise_dex``; kind ``cnn``)."""
 Z95 = 1.959963984540054
 MODELS_DIR = SHIPPED_MODELS_DIR
 REQUIRED = (
@@ -67,14 +71,16 @@ def make_config(kind: str, values: dict[str, Any] | None = None) -> BaselineConf
     raise DiffHMCError(f"unknown baseline kind {kind!r}; choose one of {KINDS}")
 
 
-def shipped_baseline(kind: str) -> Path:
-    """Path of the shipped ``models/<kind>.pt`` (with a clear error if it is absent)."""
-    if kind not in KINDS:
-        raise DiffHMCError(f"unknown baseline kind {kind!r}; choose one of {KINDS}")
-    path = MODELS_DIR / f"{kind}.pt"
+def shipped_baseline(name: str) -> Path:
+    """Path of the shipped ``models/<name>.pt``, ``name`` one of :data:`SHIPPED` (with a
+    clear error if it is absent)."""
+    if name not in SHIPPED:
+        raise DiffHMCError(f"unknown shipped baseline {name!r}; choose one of {SHIPPED}")
+    path = MODELS_DIR / f"{name}.pt"
     if not path.is_file():
+        kind = name.split("-")[0]
         raise DiffHMCError(
-            f"no shipped {kind} baseline at {path}; train one with `diffhmc baseline train {kind}`"
+            f"no shipped {name} baseline at {path}; train one with `diffhmc baseline train {kind}`"
         )
     return path
 
@@ -247,8 +253,8 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
 
 def open_baseline(model: str | os.PathLike[str]) -> Baseline:
     """:func:`load_baseline` of the file ``model``, or of the shipped one when ``model`` is a
-    kind ("cnn", "npe") and no such file exists."""
+    shipped name (:data:`SHIPPED`) and no such file exists."""
     path = Path(model)
-    if not path.exists() and str(model) in KINDS:
+    if not path.exists() and str(model) in SHIPPED:
         path = shipped_baseline(str(model))
     return load_baseline(path)

@@ -24,11 +24,16 @@ periodic boxes; ``n_down`` levels of ``convs_per_block`` 3x3 convolutions follow
 LeakyReLU(0.2) after each; then a global average pool, so a map rolled by a multiple of
 ``2**n_down`` pixels gives exactly the same output; a two-layer head with dropout gives
 ``(mu, sigma)``, ``sigma = softplus(.) + 1e-4``. Training augments with the 8 symmetries of
-the square (:mod:`diffhmc.data.augment`).
+the square (:mod:`diffhmc.data.augment`) and, with ``noise_dex > 0``, with observational
+noise (:func:`add_training_noise`): each training map, at each visit, gets white Gaussian
+noise of std ``s ~ U(0, noise_dex)`` dex added to its ``log10`` (the noise model of
+:mod:`diffhmc.data.noise`, whose std in normalised units is ``2 s / (max - min)``), the
+user's obvious answer to noisy data.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +47,15 @@ from diffhmc.baselines.common import FIT_BOUNDS, TIME_LIMIT_BOUND, Settings
 from diffhmc.core.errors import DiffHMCError, check_float_fields, check_int_fields
 from diffhmc.data.augment import random_dihedral
 
-__all__ = ["CNNConfig", "MomentNet", "moment_loss", "train_epoch", "evaluate_loss", "predict"]
+__all__ = [
+    "CNNConfig",
+    "MomentNet",
+    "moment_loss",
+    "add_training_noise",
+    "train_epoch",
+    "evaluate_loss",
+    "predict",
+]
 
 SIGMA_FLOOR = 1e-4
 
@@ -68,6 +81,10 @@ class CNNConfig(Settings):
     patience: int = 8
     """Stop after this many epochs without a better validation loss."""
     augment: bool = True
+    noise_dex: float = 0.0
+    """Noise augmentation: the largest std (dex, on ``log10``) of the white noise added to a
+    training map, its std drawn ``U(0, noise_dex)`` per map and visit; the validation maps
+    get one fixed draw of the same. 0: none."""
     time_limit_s: float = 0.0
     """Stop after the first epoch that ends past this wall time (0: no limit)."""
 
@@ -78,7 +95,7 @@ class CNNConfig(Settings):
             raise DiffHMCError("CNN setting batch_size must be >= 2 (the moment loss sums a batch)")
         if self.max_width < self.width:
             raise DiffHMCError(f"max_width ({self.max_width}) must be >= width ({self.width})")
-        bounds = {"dropout": (0.0, 0.9)} | FIT_BOUNDS | TIME_LIMIT_BOUND
+        bounds = {"dropout": (0.0, 0.9), "noise_dex": (0.0, 1.0)} | FIT_BOUNDS | TIME_LIMIT_BOUND
         check_float_fields(self, bounds, "CNN setting")
         if not isinstance(self.augment, bool):
             raise DiffHMCError(f"CNN setting augment must be true or false, got {self.augment!r}")
@@ -146,6 +163,18 @@ def moment_loss(mu: torch.Tensor, sigma: torch.Tensor, theta: torch.Tensor) -> t
     return first + second
 
 
+def add_training_noise(x: torch.Tensor, max_std: float, generator: torch.Generator) -> torch.Tensor:
+    """``x (B, 1, H, W)`` normalised maps plus white noise ``s_b n``, ``n ~ N(0, I)``, with one
+    ``s_b ~ U(0, max_std)`` per map (``max_std`` in normalised units); both drawn from
+    ``generator``. ``max_std = 0`` returns ``x`` and draws nothing."""
+    if max_std < 0 or not math.isfinite(max_std):
+        raise DiffHMCError(f"max_std must be a finite number >= 0, got {max_std!r}")
+    if max_std == 0:
+        return x
+    s = torch.rand((x.shape[0], 1, 1, 1), generator=generator, dtype=x.dtype) * max_std
+    return x + s * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
 def train_epoch(
     net: MomentNet,
     opt: torch.optim.Optimizer,
@@ -156,12 +185,15 @@ def train_epoch(
     augment: bool = True,
     on_step: Callable[[float], None] | None = None,
     scheduler: Any | None = None,
+    noise_std: float = 0.0,
 ) -> float:
     """One pass over ``x (N, 1, H, W)``, ``u (N, P)`` in a seeded random order; drops the
-    last incomplete batch. Returns the mean batch loss. ``on_step(loss)`` after each step."""
+    last incomplete batch. Returns the mean batch loss. ``on_step(loss)`` after each step.
+    ``noise_std > 0``: :func:`add_training_noise` with that largest std (normalised units)."""
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         xb = random_dihedral(x[idx], generator) if augment else x[idx]
+        xb = add_training_noise(xb, noise_std, generator)
         mu, sigma = net(xb)
         return moment_loss(mu, sigma, u[idx])
 

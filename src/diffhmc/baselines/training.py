@@ -33,8 +33,12 @@ from diffhmc.core.fileio import atomic_path, load_json, save_json
 from diffhmc.core.runs import check_same_settings
 from diffhmc.data.dataset import Dataset, load_dataset
 from diffhmc.data.inputs import map_tensor, param_tensor
+from diffhmc.data.noise import normalized_noise_std
 
 __all__ = ["load_baseline_config", "train_baseline"]
+
+VAL_NOISE_SEED = 2**31 - 1_000_003
+"""Base seed of the noise-augmented CNN's fixed validation noise (plus the run's seed)."""
 
 
 def load_baseline_config(
@@ -105,6 +109,11 @@ def _prepare(ds: Dataset, cfg: BaselineConfig) -> _Data:
         for k, v in splits.items()
     }
     return _Data(s["train"], z["train"], s["val"], z["val"], scaler=scaler)
+
+
+def _noise_std(cfg: cnn.CNNConfig, ds: Dataset) -> float:
+    """The CNN's largest augmentation noise std in the maps' normalised units."""
+    return normalized_noise_std(cfg.noise_dex, ds.normalization)
 
 
 def _build(kind: str, cfg: BaselineConfig, n_params: int, data: _Data) -> nn.Module:
@@ -194,6 +203,10 @@ def train_baseline(
     )
     t0 = time.perf_counter()
     data = _prepare(ds, cfg)
+    if isinstance(cfg, cnn.CNNConfig) and cfg.noise_dex > 0:
+        # one fixed noise draw for the validation maps (its own stream, not an epoch's)
+        gen = torch.Generator().manual_seed(VAL_NOISE_SEED + seed)
+        data.x_val = cnn.add_training_noise(data.x_val, _noise_std(cfg, ds), gen)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _build(kind, cfg, ds.space.dim, data)
@@ -286,6 +299,7 @@ def _fit(
                 augment=cfg.augment,
                 on_step=step_done,
                 scheduler=sched,
+                noise_std=_noise_std(cfg, ds),
             )
             val_loss = cnn.evaluate_loss(net, data.x_val, data.y_val)  # type: ignore[arg-type]
         else:

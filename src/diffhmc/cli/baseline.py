@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
     q.add_argument(
         "--model",
         required=True,
-        help="baseline checkpoint, or 'cnn' / 'npe' for the shipped ones",
+        help="baseline checkpoint, or 'cnn' / 'npe' / 'cnn-noise' for the shipped ones",
     )
     q.add_argument("maps", type=Path, nargs="*", help=".npy map files (H, W) or (N, H, W)")
     q.add_argument("--dataset", type=Path, default=None, help="dataset folder (instead of maps)")

@@ -14,6 +14,7 @@ from diffhmc.cli.common import (
     run_dir,
     subparser,
 )
+from diffhmc.workflows.robustness_report import DEFAULT_METHODS, METHODS
 
 
 def register(sub: Any) -> None:
@@ -47,12 +48,19 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=("cnn", "npe", "dhmc", "dhmc-noise"),
-        default=["cnn", "npe", "dhmc", "dhmc-noise"],
-        help="methods to compare (dhmc: noise ignored; dhmc-noise: noise-aware bound)",
+        choices=METHODS,
+        default=list(DEFAULT_METHODS),
+        help="methods to compare (dhmc: noise ignored; dhmc-noise: noise-aware bound; "
+        "cnn-noise: the CNN trained with noise augmentation)",
     )
     p.add_argument("--cnn", type=Path, default=None, help="CNN checkpoint (default: shipped)")
     p.add_argument("--npe", type=Path, default=None, help="NPE checkpoint (default: shipped)")
+    p.add_argument(
+        "--cnn-noise",
+        type=Path,
+        default=None,
+        help="noise-augmented CNN checkpoint (default: shipped)",
+    )
     p.add_argument(
         "--model", type=Path, default=None, help="diffusion checkpoint (default: shipped)"
     )
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         pick_seed=args.pick_seed,
     )
     icfg = inference_config(args)
-    model, baselines = load_methods(cfg.methods, args.cnn, args.npe, args.model, args.device)
+    paths = {"cnn": args.cnn, "npe": args.npe, "cnn-noise": args.cnn_noise}
+    model, baselines = load_methods(cfg.methods, paths, args.model, args.device)
     out = args.out if args.out is not None else run_dir(None, "robustness")
     table = run_robustness(
         cfg,

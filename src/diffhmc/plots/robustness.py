@@ -10,7 +10,13 @@ from matplotlib.figure import Figure
 
 __all__ = ["robustness_figure", "robustness_summary_figure"]
 
-COLORS = {"cnn": "tab:orange", "npe": "tab:green", "dhmc": "tab:blue", "dhmc-noise": "tab:purple"}
+COLORS = {
+    "cnn": "tab:orange",
+    "cnn-noise": "tab:red",
+    "npe": "tab:green",
+    "dhmc": "tab:blue",
+    "dhmc-noise": "tab:purple",
+}
 """One colour per method, the same whichever methods a figure shows."""
 OTHER_COLORS = ("tab:red", "tab:gray", "tab:brown", "tab:pink")
 

@@ -8,7 +8,8 @@ For ``N`` test maps (one seeded map per simulation of the split, the same picks 
 method sees the identical noisy map, and the same unit field is scaled at every level).
 Methods:
 
-* ``cnn``, ``npe``: a trained :mod:`diffhmc.baselines.api` predictor (its ``predict``);
+* ``cnn``, ``npe``, ``cnn-noise``: a trained :mod:`diffhmc.baselines.api` predictor (its
+  ``predict``; ``cnn-noise`` is the CNN trained with noise augmentation);
 * ``dhmc``: Diffusion-HMC with the plain bound, noise ignored (the paper's setting);
 * ``dhmc-noise``: Diffusion-HMC with the noise-aware bound
   (:class:`diffhmc.inference.noisy_likelihood.NoisyBoundLikelihood`,
@@ -54,6 +55,7 @@ from diffhmc.data.noise import add_log_noise
 from diffhmc.data.selection import pick_maps, split_sims
 from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
 from diffhmc.workflows.robustness_report import (
+    BASELINE_METHODS,
     KEYS,
     RobustnessConfig,
     level_dir,
@@ -139,20 +141,21 @@ def _check_resume(out: Path, settings: dict[str, Any], sources: dict[str, str]) 
 
 def load_methods(
     methods: Sequence[str],
-    cnn: Path | None = None,
-    npe: Path | None = None,
+    checkpoints: dict[str, Path | None] | None = None,
     model: Path | None = None,
     device: str = "cpu",
 ) -> tuple[Any, dict[str, Predictor]]:
     """The diffusion model (``None`` unless a ``dhmc*`` method is asked for) and the
-    baselines among ``methods`` for :func:`run_robustness`; a ``None`` path means the
-    shipped checkpoint."""
+    baselines among ``methods`` (:data:`~diffhmc.workflows.robustness_report.BASELINE_METHODS`)
+    for :func:`run_robustness`; ``checkpoints`` maps a baseline method to its checkpoint,
+    the shipped ``models/<method>.pt`` where absent or ``None``."""
+    checkpoints = checkpoints or {}
     baselines: dict[str, Predictor] = {}
-    for kind, path in (("cnn", cnn), ("npe", npe)):
-        if kind in methods:
-            from diffhmc.baselines.api import load_baseline, shipped_baseline
+    for name in (m for m in methods if m in BASELINE_METHODS):
+        from diffhmc.baselines.api import load_baseline, shipped_baseline
 
-            baselines[kind] = load_baseline(path if path is not None else shipped_baseline(kind))
+        path = checkpoints.get(name)
+        baselines[name] = load_baseline(path if path is not None else shipped_baseline(name))
     diffusion = None
     if any(m.startswith("dhmc") for m in methods):
         from diffhmc.emulator.checkpoint import load_model
@@ -174,7 +177,8 @@ def run_robustness(
     """Run (or resume) the robustness comparison into ``out``; returns the table dict.
 
     ``model``: a :class:`diffhmc.emulator.checkpoint.LoadedModel` (needed for ``dhmc`` methods);
-    ``baselines``: ``{"cnn": ..., "npe": ...}`` predictors for the baseline methods;
+    ``baselines``: ``{"cnn": ..., "npe": ..., "cnn-noise": ...}`` predictors for the
+    baseline methods;
     ``infer_cfg``: the :class:`diffhmc.inference.config.InferenceConfig` of every posterior (its
     ``noise_std`` is set per method and level); ``cluster``: where the posteriors run
     (:class:`diffhmc.batch.spec.ClusterSpec`; ``None``: one after the other in this
@@ -190,7 +194,7 @@ def run_robustness(
     dhmc = [m for m in cfg.methods if m.startswith("dhmc")]
     if dhmc and model is None:
         raise DiffHMCError(f"methods {dhmc} need a diffusion model")
-    missing = [m for m in cfg.methods if m in ("cnn", "npe") and m not in baselines]
+    missing = [m for m in cfg.methods if m in BASELINE_METHODS and m not in baselines]
     if missing:
         raise DiffHMCError(f"no trained baseline given for {missing}")
     ds = load_dataset(cfg.dataset)
@@ -243,7 +247,7 @@ def run_robustness(
         save_json(result_path(out, method, level, row, sim), payload)
 
     # baselines: one batched prediction per level (seconds)
-    for method in (m for m in cfg.methods if m in ("cnn", "npe")):
+    for method in (m for m in cfg.methods if m in BASELINE_METHODS):
         for lv in cfg.levels:
             todo = [i for i in range(len(picks)) if not done(method, lv, i)]
             if not todo:

@@ -147,11 +147,18 @@ def write_paired(
     return report
 
 
-METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
+METHODS = ("cnn", "npe", "dhmc", "dhmc-noise", "cnn-noise")
+"""Every method a robustness run can compare."""
 
+DEFAULT_METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
+
+BASELINE_METHODS = ("cnn", "npe", "cnn-noise")
+"""Methods that are a trained baseline's ``predict`` (the shipped ``models/<method>.pt``
+unless another checkpoint is given); the others are Diffusion-HMC posteriors."""
 
 METHOD_LABELS = {
     "cnn": "CNN",
+    "cnn-noise": "CNN, noise-augmented",
     "npe": "NPE on P(k)",
     "dhmc": "Diffusion-HMC",
     "dhmc-noise": "Diffusion-HMC, noise-aware",
@@ -173,7 +180,7 @@ class RobustnessConfig:
     n_maps: int = 10
     levels: tuple[float, ...] = DEFAULT_LEVELS
     """Noise std in dex added to ``log10`` of the maps (0 = the clean maps)."""
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     noise_seed: int = 0
     pick_seed: int = 0
     """Seed of the map chosen per simulation (as ``diffhmc infer --dataset``)."""
@@ -321,20 +328,19 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
                     f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
                 )
+    ours_cols = [m for m in ("cnn", "cnn-noise", "dhmc", "dhmc-noise") if m in methods]
     lines += [
         "",
         "### The paper's table beside ours (mean |bias|, %)\n",
-        "| noise (dex) | parameter | paper CNN | paper Diffusion-HMC | our CNN | our "
-        "Diffusion-HMC | our noise-aware Diffusion-HMC |",
-        "|---|---|---|---|---|---|---|",
+        "| noise (dex) | parameter | paper CNN | paper Diffusion-HMC | "
+        + " | ".join(f"our {METHOD_LABELS[m]}" for m in ours_cols)
+        + " |",
+        "|---" * (4 + len(ours_cols)) + "|",
     ]
     for n in names:
         for lv, paper in PAPER_MEAN_ABS_BIAS_PCT.get(n, {}).items():
             ours = report["levels"].get(f"{lv:g}", {}).get(n, {})
-            cells = [
-                f"{ours[m]['mean_abs_bias_pct']:.1f}" if m in ours else "-"
-                for m in ("cnn", "dhmc", "dhmc-noise")
-            ]
+            cells = [f"{ours[m]['mean_abs_bias_pct']:.1f}" if m in ours else "-" for m in ours_cols]
             lines.append(
                 f"| {lv:g} | {n} | {paper['cnn']} | {paper['dhmc']} | " + " | ".join(cells) + " |"
             )
