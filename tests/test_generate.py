@@ -134,6 +134,25 @@ def test_generate_with_standin_resumes_only_missing_shards(tmp_path):
     assert prov["design"] == "latin_hypercube" and prov["sim_config"] == _Cfg().to_dict()
 
 
+def test_generate_refuses_a_folder_another_writer_holds(tmp_path):
+    """While one generate_dataset holds a folder, a second one on it fails at once, naming
+    the folder and the holder's pid, and writes nothing; after release it runs."""
+    from diffhmc.core.fileio import exclusive_lock
+
+    out = tmp_path / "gen"
+    kw = dict(n_sims=2, config=_Cfg(), seed=3, workers=1, simulate_fn=standin_sim)
+    with exclusive_lock(out, "dataset") as lock:
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(
+            DiffHMCError, match=rf"dataset .*gen is being written .*pid {os.getpid()}"
+        ):
+            generate_dataset(out, progress=False, **kw)
+        assert not out.exists()
+    assert not lock.exists()
+    assert len(generate_dataset(out, progress=False, **kw).maps) == 2 * PER_SIM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+
+
 def test_generate_refuses_to_mix_different_arguments(tmp_path):
     seeds = simulation_seeds(5, 4)
     FAIL_SEEDS.add(int(seeds[2]))

@@ -48,6 +48,50 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def exclusive_lock(target: str | os.PathLike[str], what: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``target`` (a folder being written) for the ``with`` block.
+
+    The lock is ``flock`` on the hidden file ``.<name>.lock`` beside ``target`` (not inside:
+    a folder swapped into place at the end would drop it), holding the owner's pid, and
+    removed on release. The kernel releases a lock when its process ends, so a killed
+    writer leaves a file but no lock. A lock taken on a file that its owner removed in
+    between is retaken on the new file (the inode check), so two holders never coexist.
+    Raises :class:`DiffHMCError` naming ``what``, the folder and the owner's pid when another
+    process (or another ``with`` in this one) holds it.
+    """
+    import fcntl
+
+    folder = Path(target)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DiffHMCError(
+                f"{what} {folder} is being written by another process (pid {owner}); wait "
+                "for it to finish or stop it, then rerun (finished work is kept)"
+            ) from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous owner removed this file after we opened it: retry
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)  # while still held, so no one locks a removed file
+        os.close(fd)
+
+
 def _write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from diffhmc.core.errors import DiffHMCError, check_count
-from diffhmc.core.fileio import json_normalise, save_npz
+from diffhmc.core.fileio import exclusive_lock, json_normalise, save_npz
 from diffhmc.core.prior import ParamSpace
 from diffhmc.core.runs import record_or_check
 from diffhmc.data.dataset import Dataset
@@ -207,6 +207,10 @@ def generate_dataset(
     simulation at a time in this process (``workers`` is ignored). A GPU's float32
     arithmetic differs from the CPU's in the last bits, so the device type is recorded in
     the plan and a resume on another device type is refused.
+
+    One process at a time writes a folder: a second ``generate_dataset`` on the same ``path``
+    while the first runs raises (:func:`diffhmc.core.fileio.exclusive_lock`) instead of
+    simulating the same shards twice.
     """
     try:
         dev = torch.device(device)
@@ -232,6 +236,38 @@ def generate_dataset(
     if dev.type != "cpu":
         simulate_fn = functools.partial(simulate_fn, device=dev)
         workers = 1
+    with exclusive_lock(target, "dataset"):
+        return _generate_locked(
+            target,
+            n,
+            config,
+            seed,
+            space,
+            workers,
+            fractions,
+            simulate_fn,
+            sim_name,
+            progress,
+            overwrite,
+            dev,
+        )
+
+
+def _generate_locked(
+    target: Path,
+    n: int,
+    config: _ConfigLike,
+    seed: int,
+    space: ParamSpace,
+    workers: int,
+    fractions: Sequence[float],
+    simulate_fn: Callable[..., np.ndarray],
+    sim_name: str,
+    progress: bool,
+    overwrite: bool,
+    dev: torch.device,
+) -> Dataset:
+    """:func:`generate_dataset` after its checks, while it holds the folder's lock."""
     check_target(target, overwrite, resume_marker=SHARDS_DIR)
 
     theta = latin_hypercube(n, space, seed)
