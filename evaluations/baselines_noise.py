@@ -1,18 +1,19 @@
 """The baselines on noisy test maps, paired: does training the CNN on noise (``cnn-noise``,
-``CNNConfig.noise_dex``) answer noise as well as the noise-aware bound? (issue 17)
+``CNNConfig.noise_dex``) help it on noisy maps? (issue 17)
 
-One map per simulation of a dataset split (150 test simulations of ``data/pm64``, the same
-pick as ``diffhmc infer --dataset``), Gaussian noise on ``log10`` at each level with one
-realisation per map and level shared by every method (:func:`diffhmc.data.noise.add_log_noise`,
-keyed by dataset row), each shipped baseline's ``predict``, and the paired report of every
-method against the CNN (:func:`diffhmc.workflows.robustness_report.write_paired`: mean
-|bias| with bootstrap intervals, coverage with Wilson intervals, paired differences, sign
-tests, verdicts). Predictions take seconds, so this is the large-N reading of the
-baselines beside the 50-map registered study (``robustness_fresh.py``), which adds
-Diffusion-HMC. The test split's maps were used for no setting of these models.
+:func:`diffhmc.workflows.robustness.run_robustness` with baseline methods only: one map per
+simulation of a dataset split (the 150 test simulations of ``data/pm64``, the pick of
+``diffhmc infer --dataset``), Gaussian noise on ``log10`` at each level with one
+realisation per map and level shared by every method, each baseline's ``predict``, the
+table and figure, and the paired report of every method against the CNN (mean |bias| with
+bootstrap intervals, coverage with Wilson intervals, paired differences, sign tests,
+verdicts). Predictions take seconds, so this is the large-N reading of the baselines beside
+the 50-map registered study (``robustness_fresh.py``), which adds Diffusion-HMC. No setting
+of these models was chosen on the test split.
 
     python evaluations/baselines_noise.py
-    -> evaluations/results/baselines/noise_test/{report.json,paired.md,robustness_summary.png}
+    -> evaluations/results/baselines/noise_test/ (report.json, paired.md, table.*, *.png;
+       the per-map records under results/ are not committed: they take seconds to remake)
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from diffhmc.baselines.api import open_baseline
-from diffhmc.core.fileio import file_sha256
+from diffhmc.core.errors import DiffHMCError
+from diffhmc.core.fileio import file_sha256, load_json
 from diffhmc.core.machine import machine_info
-from diffhmc.data.dataset import load_dataset
-from diffhmc.data.noise import add_log_noise
-from diffhmc.data.selection import pick_maps, split_sims
-from diffhmc.workflows.robustness_report import KEYS, RobustnessConfig, write_paired
+from diffhmc.workflows.robustness import load_methods, run_robustness
+from diffhmc.workflows.robustness_report import (
+    BASELINE_METHODS,
+    RobustnessConfig,
+    load_results,
+    write_paired,
+)
 
 OUT = Path(__file__).parent / "results" / "baselines" / "noise_test"
 
@@ -39,7 +42,9 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=Path("data/pm64"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=150, help="simulations (one map each)")
-    ap.add_argument("--methods", nargs="+", default=["cnn", "cnn-noise", "npe"])
+    ap.add_argument(
+        "--methods", nargs="+", choices=BASELINE_METHODS, default=["cnn", "cnn-noise", "npe"]
+    )
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05])
     ap.add_argument("--noise-seed", type=int, default=17302)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -51,42 +56,41 @@ def main() -> None:
         help="another checkpoint for a method (default: the shipped one)",
     )
     args = ap.parse_args()
-    paths = dict(c.split("=", 1) for c in args.checkpoint)
-    torch.set_num_threads(1)
-    cfg = RobustnessConfig(
-        dataset=str(args.dataset),
-        split=args.split,
-        n_maps=args.n,
-        levels=tuple(args.levels),
-        methods=tuple(args.methods),
-        noise_seed=args.noise_seed,
-    )
-    ds = load_dataset(args.dataset)
-    picks = pick_maps(ds.sim_id, split_sims(ds.splits, ds.n_sims, args.split), args.n, 0)
-    rows = np.array([r for r, _ in picks])
-    truth = np.asarray(ds.params[rows], dtype=np.float64)
-    clean = np.asarray(ds.maps[rows], dtype=np.float64)
-    models = {m: open_baseline(paths.get(m, m)) for m in args.methods}
-    results = {}
-    for lv in cfg.levels:
-        noisy = add_log_noise(clean, lv, cfg.noise_seed, keys=rows)
-        for m, model in models.items():
-            pred = model.predict(noisy, seed=cfg.baseline_seed)
-            results[(m, lv)] = {k: np.asarray(pred[k], dtype=np.float64) for k in KEYS}
-            results[(m, lv)]["truth"] = truth
+    try:
+        paths = {}
+        for c in args.checkpoint:
+            method, sep, path = c.partition("=")
+            if not sep or method not in BASELINE_METHODS:
+                raise DiffHMCError(
+                    f"--checkpoint takes METHOD=PATH with a baseline method, got {c!r}"
+                )
+            paths[method] = Path(path)
+        torch.set_num_threads(1)
+        cfg = RobustnessConfig(
+            dataset=str(args.dataset),
+            split=args.split,
+            n_maps=args.n,
+            levels=tuple(args.levels),
+            methods=tuple(args.methods),
+            noise_seed=args.noise_seed,
+        )
+        _, baselines = load_methods(cfg.methods, paths)
+        run_robustness(cfg, args.out, None, baselines, progress=False)
+    except DiffHMCError as e:
+        raise SystemExit(f"error: {e}") from None
+    saved = load_json(args.out / "config.json")
+    picks = [tuple(p) for p in saved["picks"]]
+    names = list(next(iter(baselines.values())).names)
     extra = {
-        "dataset": str(args.dataset),
-        "split": args.split,
-        "maps": [[int(r), int(s)] for r, s in picks],
-        "robustness": cfg.to_dict(),
+        "settings": saved["settings"],
+        "maps": saved["picks"],
         "models": {
-            m: {"path": b.source, "sha256": file_sha256(b.source)} for m, b in models.items()
+            m: {"path": b.source, "sha256": file_sha256(b.source)} for m, b in baselines.items()
         },
         "command": "python evaluations/baselines_noise.py",
         "machine": machine_info(),
     }
-    names = list(ds.space.names)
-    write_paired(args.out, results, cfg, names, extra)
+    write_paired(args.out, load_results(args.out, cfg, picks), cfg, names, extra)
     print((args.out / "paired.md").read_text())
 
 

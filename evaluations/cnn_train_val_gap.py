@@ -39,13 +39,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     b = open_baseline(args.model)
+    if b.kind != "cnn":
+        raise SystemExit(f"error: {b.source} is a {b.kind}, not a CNN")
     ds = load_dataset(args.dataset)
+    sizes = {s: len(ds.split_indices(s)) for s in ("train", "val")}
+    if not args.batch <= args.n <= min(sizes.values()):
+        raise SystemExit(f"error: --n must be in [--batch, {min(sizes.values())}], got {args.n}")
     res: dict[str, dict[str, float]] = {}
     for split in ("train", "val"):
         maps, params, _ = ds.split(split)
         idx = np.linspace(0, len(maps) - 1, args.n).astype(int)
-        x = map_tensor(np.asarray(maps)[idx], ds.normalization)
-        u = param_tensor(np.asarray(params)[idx], ds.space)
+        x = map_tensor(np.asarray(maps)[idx], b.normalization)  # the model's own units
+        u = param_tensor(np.asarray(params)[idx], b.space)
         mu, sigma = cnn.predict(b.net, x)  # type: ignore[arg-type]
         per_batch = [
             float(

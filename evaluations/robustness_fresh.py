@@ -13,7 +13,7 @@ model and of the baselines, and the inference settings (``InferenceConfig()``, t
 defaults of issue 14); it then simulates the dataset (default ``SimConfig``; one map per
 simulation is used, split ``all``). ``--run`` is :func:`diffhmc.workflows.robustness.
 run_robustness` at exactly those settings (refusing others): every method sees the same
-noise realisation of a map at a level, the CNN and NPE in one batched call, the
+noise realisation of a map at a level, each baseline in one batched call per level, the
 Diffusion-HMC posteriors map by map as batch jobs (``--workers N`` Dask processes), each
 result saved as it finishes, so an interrupted run loses at most the posteriors in flight.
 ``--amend-baseline cnn --reason TEXT`` records, in ``amendments.json`` (the registration
@@ -23,6 +23,8 @@ that baseline's results so the next ``--run`` predicts them again (seconds).
 ``--amend-add-method cnn-noise --reason TEXT`` records the same way that a baseline method
 was added after registration (the shipped ``models/cnn-noise.pt`` and its SHA-256), also
 refused once a report exists; the next ``--run`` predicts it on the same noisy maps.
+``--run`` and the amendments hold a lock on the study's folder, so an amendment never lands
+while a run is going and two runs never share the posteriors.
 ``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
 paired_report`) over the maps finished for every method and level, with ``complete``
 saying whether all registered maps are in; a finished ``--run`` writes it too.
@@ -31,6 +33,7 @@ saying whether all registered maps are in; a finished ``--run`` writes it too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 from pathlib import Path
@@ -38,9 +41,10 @@ from typing import Any
 
 import torch
 
+from diffhmc.baselines.shipped import SHIPPED
 from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.core.fileio import file_sha256, load_json, save_json
+from diffhmc.core.fileio import exclusive_lock, file_sha256, load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.workflows.robustness_report import (
@@ -217,7 +221,14 @@ def report() -> dict[str, Any]:
         if all(result_path(OUT, m, lv, r, s).is_file() for m in cfg.methods for lv in cfg.levels)
     ]
     if len(done) < 2:
-        raise SystemExit(f"error: {len(done)} maps finished; the report needs at least 2")
+        counts = {
+            m: sum(result_path(OUT, m, lv, r, s).is_file() for r, s in picks for lv in cfg.levels)
+            for m in cfg.methods
+        }
+        raise SystemExit(
+            f"error: {len(done)} maps finished for every method and level; the report needs "
+            f"at least 2 (results per method: {counts}; `--run` makes the missing ones)"
+        )
     names = list(read_checkpoint(resolve_model(None))["param_space"]["names"])
     seconds = []
     for r, s in done:
@@ -248,27 +259,32 @@ def main() -> None:
     ap.add_argument("--register", action="store_true")
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--report", action="store_true")
-    ap.add_argument("--amend-baseline", choices=("cnn", "npe"), default=None)
-    ap.add_argument("--amend-add-method", choices=("cnn-noise",), default=None)
+    ap.add_argument("--amend-baseline", choices=tuple(SHIPPED), default=None)
+    ap.add_argument("--amend-add-method", choices=tuple(SHIPPED), default=None)
     ap.add_argument("--reason", default="", help="why (with an amendment)")
     ap.add_argument("--dataset", type=Path, default=Path(f"data/robust_s{DESIGN_SEED}"))
     ap.add_argument("--workers", type=int, default=2, help="Dask workers (0: in-process)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    amending = bool(args.amend_baseline or args.amend_add_method)
+    if amending and not args.reason:
+        raise SystemExit("error: an amendment needs --reason")
     try:
-        if (args.amend_baseline or args.amend_add_method) and not args.reason:
-            raise SystemExit("error: an amendment needs --reason")
-        if args.amend_baseline:
-            _amend(args.amend_baseline, args.reason, added=False)
-        if args.amend_add_method:
-            _amend(args.amend_add_method, args.reason, added=True)
-        if args.register:
-            register(args.dataset, max(args.workers, 1))
-        if args.run:
-            run(args.workers, args.threads, args.device)
-        if args.report:
-            report()
+        with contextlib.ExitStack() as stack:
+            if amending or args.run:
+                # one process at a time changes the study: no amendment lands under a run
+                stack.enter_context(exclusive_lock(OUT, "the robustness study"))
+            if args.amend_baseline:
+                _amend(args.amend_baseline, args.reason, added=False)
+            if args.amend_add_method:
+                _amend(args.amend_add_method, args.reason, added=True)
+            if args.register:
+                register(args.dataset, max(args.workers, 1))
+            if args.run:
+                run(args.workers, args.threads, args.device)
+            if args.report:
+                report()
     except DiffHMCError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -161,6 +161,19 @@ def test_noise_augmented_cnn_trains_on_noisy_maps(tiny_dataset: Path, tmp_path: 
     assert a["history"][0]["val_loss"] == b["history"][0]["val_loss"]
     assert a["history"][0]["train_loss"] != clean["history"][0]["train_loss"]
     assert load_baseline(tmp_path / "a" / "model.pt").config.noise_dex == 0.05
+    # the validation maps carry one fixed draw of the noise: seeded, not the clean maps
+    from diffhmc.baselines.training import validation_maps
+    from diffhmc.data.noise import normalized_noise_std
+
+    ds = load_dataset(tiny_dataset)
+    x = torch.zeros(64, 1, 16, 16)
+    assert validation_maps(x, make_config("cnn", base), ds, 1) is x
+    v1, v2 = (validation_maps(x, cfg, ds, 1) for _ in range(2))
+    torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+    assert not torch.equal(v1, validation_maps(x, cfg, ds, 2))
+    top = normalized_noise_std(0.05, ds.normalization)
+    stds = v1.flatten(1).std(dim=1)
+    assert float(stds.max()) < top * 1.2 and abs(float(stds.mean()) - top / 2) < 0.15 * top
 
 
 # --------------------------------------------------------------------------- configs

@@ -142,15 +142,20 @@ def test_generate_refuses_a_folder_another_writer_holds(tmp_path):
     out = tmp_path / "gen"
     kw = dict(n_sims=2, config=_Cfg(), seed=3, workers=1, simulate_fn=standin_sim)
     with exclusive_lock(out, "dataset") as lock:
-        assert lock.read_text() == str(os.getpid())
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
         with pytest.raises(
-            DiffHMCError, match=rf"dataset .*gen is being written .*pid {os.getpid()}"
+            DiffHMCError, match=rf"dataset .*gen is being written .*\(pid {os.getpid()} on "
         ):
             generate_dataset(out, progress=False, **kw)
         assert not out.exists()
     assert not lock.exists()
     assert len(generate_dataset(out, progress=False, **kw).maps) == 2 * PER_SIM
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+    # a symbolic link to the folder is the same folder
+    (tmp_path / "link").symlink_to(out)
+    with exclusive_lock(out, "dataset"):
+        with pytest.raises(DiffHMCError, match="being written"):
+            generate_dataset(tmp_path / "link", progress=False, **kw)
 
 
 def test_generate_refuses_to_mix_different_arguments(tmp_path):

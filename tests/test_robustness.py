@@ -216,3 +216,9 @@ def test_cli_robustness(
     missing = ["--methods", "cnn", "--cnn", str(tmp_path / "no.pt"), "--out", str(tmp_path / "x")]
     assert main([*args, *missing]) == 2
     assert "baseline checkpoint not found" in capsys.readouterr().err
+    # --cnn-noise reaches the loader, which refuses a CNN trained without noise
+    from diffhmc.baselines.api import shipped_baseline
+
+    plain = ["--methods", "cnn-noise", "--cnn-noise", str(shipped_baseline("cnn"))]
+    assert main([*args, *plain, "--out", str(tmp_path / "y")]) == 2
+    assert "is a cnn, not a cnn-noise baseline" in capsys.readouterr().err

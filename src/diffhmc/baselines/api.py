@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from diffhmc.baselines import cnn, npe
+from diffhmc.baselines.shipped import KINDS, SHIPPED
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import SHIPPED_MODELS_DIR, check_format, load_torch_file
 from diffhmc.core.prior import ParamSpace
@@ -38,15 +39,10 @@ __all__ = [
     "npe_initializer",
     "open_baseline",
     "shipped_baseline",
-    "SHIPPED",
 ]
 
 FORMAT = "diffhmc-baseline"
 FORMAT_VERSION = 1
-KINDS = ("cnn", "npe")
-SHIPPED = ("cnn", "npe", "cnn-noise")
-"""Baselines shipped in ``models/<name>.pt``: the CNN, the NPE, and the CNN trained with
-noise augmentation (``CNNConfig.noise_dex``; kind ``cnn``)."""
 Z95 = 1.959963984540054
 MODELS_DIR = SHIPPED_MODELS_DIR
 REQUIRED = (
@@ -72,15 +68,16 @@ def make_config(kind: str, values: dict[str, Any] | None = None) -> BaselineConf
 
 
 def shipped_baseline(name: str) -> Path:
-    """Path of the shipped ``models/<name>.pt``, ``name`` one of :data:`SHIPPED` (with a
-    clear error if it is absent)."""
+    """Path of the shipped ``models/<name>.pt``, ``name`` one of
+    :data:`~diffhmc.baselines.shipped.SHIPPED` (with a clear error if it is absent)."""
     if name not in SHIPPED:
-        raise DiffHMCError(f"unknown shipped baseline {name!r}; choose one of {SHIPPED}")
+        raise DiffHMCError(f"unknown shipped baseline {name!r}; choose one of {tuple(SHIPPED)}")
     path = MODELS_DIR / f"{name}.pt"
     if not path.is_file():
-        kind = name.split("-")[0]
+        how = " --set noise_dex=0.05" if name == "cnn-noise" else ""
         raise DiffHMCError(
-            f"no shipped {name} baseline at {path}; train one with `diffhmc baseline train {kind}`"
+            f"no shipped {name} baseline at {path}; train one with `diffhmc baseline train "
+            f"{SHIPPED[name]}{how}` and copy its model.pt there"
         )
     return path
 
@@ -253,7 +250,7 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
 
 def open_baseline(model: str | os.PathLike[str]) -> Baseline:
     """:func:`load_baseline` of the file ``model``, or of the shipped one when ``model`` is a
-    shipped name (:data:`SHIPPED`) and no such file exists."""
+    shipped name (:data:`~diffhmc.baselines.shipped.SHIPPED`) and no such file exists."""
     path = Path(model)
     if not path.exists() and str(model) in SHIPPED:
         path = shipped_baseline(str(model))

@@ -4,8 +4,10 @@ dataset's ``train`` split with early stopping on ``val``.
 The run folder holds ``config.json``, ``history.json``, ``last.pt`` (full state, written
 atomically after every epoch; ``resume=True`` continues from it) and ``model.pt``, the
 self-describing best-validation checkpoint that :func:`diffhmc.baselines.api.load_baseline`
-reads. Epoch ``e`` draws its batch order (and the CNN's symmetries and dropout) from seed
-``seed * 1_000_003 + e``, so a resumed run repeats the batches of an uninterrupted one.
+reads. Epoch ``e`` draws its batch order (and the CNN's symmetries, dropout and, with
+``noise_dex > 0``, augmentation noise) from seed ``seed * 1_000_003 + e``, so a resumed run
+repeats the batches of an uninterrupted one; a noise-augmented CNN's validation maps carry
+one fixed noise draw (:func:`validation_maps`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from diffhmc.data.dataset import Dataset, load_dataset
 from diffhmc.data.inputs import map_tensor, param_tensor
 from diffhmc.data.noise import normalized_noise_std
 
-__all__ = ["load_baseline_config", "train_baseline"]
+__all__ = ["load_baseline_config", "train_baseline", "validation_maps"]
 
 VAL_NOISE_SEED = 2**31 - 1_000_003
 """Base seed of the noise-augmented CNN's fixed validation noise (plus the run's seed)."""
@@ -116,6 +118,19 @@ def _noise_std(cfg: cnn.CNNConfig, ds: Dataset) -> float:
     return normalized_noise_std(cfg.noise_dex, ds.normalization)
 
 
+def validation_maps(
+    x_val: torch.Tensor, cfg: BaselineConfig, ds: Dataset, seed: int
+) -> torch.Tensor:
+    """The validation inputs a run scores: ``x_val`` itself, or, for a CNN with
+    ``noise_dex > 0``, one fixed draw of its augmentation noise on them (generator seeded by
+    ``VAL_NOISE_SEED + seed``, a stream no epoch uses), so every epoch and a resumed run
+    score the same noisy maps."""
+    if not isinstance(cfg, cnn.CNNConfig) or cfg.noise_dex == 0:
+        return x_val
+    gen = torch.Generator().manual_seed(VAL_NOISE_SEED + seed)
+    return cnn.add_training_noise(x_val, _noise_std(cfg, ds), gen)
+
+
 def _build(kind: str, cfg: BaselineConfig, n_params: int, data: _Data) -> nn.Module:
     if isinstance(cfg, cnn.CNNConfig):
         return cnn.MomentNet(cfg, n_params)
@@ -162,7 +177,8 @@ def train_baseline(
 
     Every epoch: a seeded pass over the training split (epoch ``e`` uses seed
     ``(seed, e)``, so a resumed run repeats the same batches), the validation loss on the
-    whole ``val`` split (CNN: the moment loss of the split as one batch; NPE: mean NLL),
+    whole ``val`` split (CNN: the moment loss of the split as one batch, on
+    :func:`validation_maps`; NPE: mean NLL),
     and an atomic ``last.pt``; ``model.pt`` is rewritten whenever validation improves.
     Stops after ``epochs``, after ``patience`` epochs without improvement, or after the
     first epoch ending past ``time_limit_s`` (time summed over resumes). Returns a summary
@@ -203,10 +219,7 @@ def train_baseline(
     )
     t0 = time.perf_counter()
     data = _prepare(ds, cfg)
-    if isinstance(cfg, cnn.CNNConfig) and cfg.noise_dex > 0:
-        # one fixed noise draw for the validation maps (its own stream, not an epoch's)
-        gen = torch.Generator().manual_seed(VAL_NOISE_SEED + seed)
-        data.x_val = cnn.add_training_noise(data.x_val, _noise_std(cfg, ds), gen)
+    data.x_val = validation_maps(data.x_val, cfg, ds, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _build(kind, cfg, ds.space.dim, data)

@@ -14,7 +14,7 @@ from diffhmc.cli.common import (
     run_dir,
     subparser,
 )
-from diffhmc.workflows.robustness_report import DEFAULT_METHODS, METHODS
+from diffhmc.workflows.robustness_report import BASELINE_METHODS, DEFAULT_METHODS, METHODS
 
 
 def register(sub: Any) -> None:
@@ -53,14 +53,8 @@ def register(sub: Any) -> None:
         help="methods to compare (dhmc: noise ignored; dhmc-noise: noise-aware bound; "
         "cnn-noise: the CNN trained with noise augmentation)",
     )
-    p.add_argument("--cnn", type=Path, default=None, help="CNN checkpoint (default: shipped)")
-    p.add_argument("--npe", type=Path, default=None, help="NPE checkpoint (default: shipped)")
-    p.add_argument(
-        "--cnn-noise",
-        type=Path,
-        default=None,
-        help="noise-augmented CNN checkpoint (default: shipped)",
-    )
+    for name in BASELINE_METHODS:  # --cnn, --npe, --cnn-noise
+        p.add_argument(f"--{name}", type=Path, default=None, help=f"{name} checkpoint (shipped)")
     p.add_argument(
         "--model", type=Path, default=None, help="diffusion checkpoint (default: shipped)"
     )
@@ -91,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         pick_seed=args.pick_seed,
     )
     icfg = inference_config(args)
-    paths = {"cnn": args.cnn, "npe": args.npe, "cnn-noise": args.cnn_noise}
+    paths = {m: getattr(args, m.replace("-", "_")) for m in BASELINE_METHODS}
     model, baselines = load_methods(cfg.methods, paths, args.model, args.device)
     out = args.out if args.out is not None else run_dir(None, "robustness")
     table = run_robustness(

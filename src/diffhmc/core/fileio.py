@@ -53,28 +53,39 @@ def exclusive_lock(target: str | os.PathLike[str], what: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``target`` (a folder being written) for the ``with`` block.
 
     The lock is ``flock`` on the hidden file ``.<name>.lock`` beside ``target`` (not inside:
-    a folder swapped into place at the end would drop it), holding the owner's pid, and
-    removed on release. The kernel releases a lock when its process ends, so a killed
-    writer leaves a file but no lock. A lock taken on a file that its owner removed in
-    between is retaken on the new file (the inode check), so two holders never coexist.
-    Raises :class:`DiffHMCError` naming ``what``, the folder and the owner's pid when another
-    process (or another ``with`` in this one) holds it.
+    a folder swapped into place at the end would drop it; symbolic links resolved), holding
+    the owner's pid and host, and removed on release. The kernel releases a lock when its
+    process ends, so a killed writer leaves a file but no lock. A lock taken on a file that
+    its owner removed in between is retaken on the new file (the inode check), so two
+    holders never coexist.
+    Raises :class:`DiffHMCError` naming ``what``, the folder and the owner's pid and host when
+    another process (or another ``with`` in this one) holds it, and when the lock file cannot
+    be made or the file system cannot lock.
     """
     import fcntl
+    import socket
 
-    folder = Path(target)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(target).resolve()
     lock = folder.parent / f".{folder.name}.lock"
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise DiffHMCError(f"cannot create the lock file {lock} ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            owner = os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise DiffHMCError(
-                f"{what} {folder} is being written by another process (pid {owner}); wait "
+                f"{what} {folder} is being written by another process ({owner}); wait "
                 "for it to finish or stop it, then rerun (finished work is kept)"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise DiffHMCError(
+                f"cannot lock {lock} ({exc.strerror}): this file system has no flock"
             ) from None
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
@@ -85,7 +96,7 @@ def exclusive_lock(target: str | os.PathLike[str], what: str) -> Iterator[Path]:
         os.close(fd)  # the previous owner removed this file after we opened it: retry
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield lock
     finally:
         lock.unlink(missing_ok=True)  # while still held, so no one locks a removed file

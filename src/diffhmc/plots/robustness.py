@@ -18,7 +18,7 @@ COLORS = {
     "dhmc-noise": "tab:purple",
 }
 """One colour per method, the same whichever methods a figure shows."""
-OTHER_COLORS = ("tab:red", "tab:gray", "tab:brown", "tab:pink")
+OTHER_COLORS = ("tab:gray", "tab:brown", "tab:pink", "tab:olive")
 
 
 def robustness_figure(

@@ -149,13 +149,20 @@ def load_methods(
     baselines among ``methods`` (:data:`~diffhmc.workflows.robustness_report.BASELINE_METHODS`)
     for :func:`run_robustness`; ``checkpoints`` maps a baseline method to its checkpoint,
     the shipped ``models/<method>.pt`` where absent or ``None``."""
+    from diffhmc.baselines.shipped import SHIPPED
+
     checkpoints = checkpoints or {}
     baselines: dict[str, Predictor] = {}
     for name in (m for m in methods if m in BASELINE_METHODS):
         from diffhmc.baselines.api import load_baseline, shipped_baseline
 
         path = checkpoints.get(name)
-        baselines[name] = load_baseline(path if path is not None else shipped_baseline(name))
+        b = load_baseline(path if path is not None else shipped_baseline(name))
+        noisy = getattr(b.config, "noise_dex", 0.0) > 0
+        if b.kind != SHIPPED[name] or noisy != (name == "cnn-noise"):
+            what = f"a {b.kind}" + (" trained with noise augmentation" if noisy else "")
+            raise DiffHMCError(f"{b.source} is {what}, not a {name} baseline")
+        baselines[name] = b
     diffusion = None
     if any(m.startswith("dhmc") for m in methods):
         from diffhmc.emulator.checkpoint import load_model

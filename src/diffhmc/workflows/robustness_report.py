@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from diffhmc import __version__
+from diffhmc.baselines.shipped import SHIPPED
 from diffhmc.core.errors import DiffHMCError, check_int_fields
 from diffhmc.core.fileio import atomic_path, load_json, save_figure, save_json
 
@@ -147,14 +148,18 @@ def write_paired(
     return report
 
 
-METHODS = ("cnn", "npe", "dhmc", "dhmc-noise", "cnn-noise")
+BASELINE_METHODS = tuple(SHIPPED)
+"""Methods that are a trained baseline's ``predict`` (the shipped ``models/<method>.pt``
+unless another checkpoint is given, :data:`diffhmc.baselines.shipped.SHIPPED`)."""
+
+DHMC_METHODS = ("dhmc", "dhmc-noise")
+"""Diffusion-HMC posteriors: the plain bound (noise ignored) and the noise-aware bound."""
+
+METHODS = (*BASELINE_METHODS, *DHMC_METHODS)
 """Every method a robustness run can compare."""
 
 DEFAULT_METHODS = ("cnn", "npe", "dhmc", "dhmc-noise")
-
-BASELINE_METHODS = ("cnn", "npe", "cnn-noise")
-"""Methods that are a trained baseline's ``predict`` (the shipped ``models/<method>.pt``
-unless another checkpoint is given); the others are Diffusion-HMC posteriors."""
+"""The methods of a run that names none (the paper's comparison plus NPE)."""
 
 METHOD_LABELS = {
     "cnn": "CNN",
