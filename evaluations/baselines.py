@@ -4,7 +4,9 @@ Predicts every map of a dataset split with each shipped model (or the given chec
 scores the predictions with :func:`diffhmc.baselines.api.baseline_metrics` (RMSE, mean |z|,
 mean |bias| %, coverage of the 68% and 95% intervals, per parameter), and writes
 
-- ``<out>/{cnn,npe}_<split>.json``: metrics, model description, settings, machine;
+- ``<out>/{cnn,npe,cnn-noise}_<split>.json``: metrics, model description, settings, machine
+  (``cnn-noise``: the CNN trained with noise augmentation, scored here on clean maps; its
+  noisy-map scores are ``baselines_noise.py``'s);
 - ``<out>/baselines_<split>.png``: predicted vs true with 68% error bars, one map per
   simulation, per parameter and model.
 
@@ -24,6 +26,7 @@ from matplotlib.figure import Figure
 
 from diffhmc.baselines.api import load_baseline, shipped_baseline
 from diffhmc.baselines.report import baseline_metrics
+from diffhmc.baselines.shipped import SHIPPED
 from diffhmc.core.fileio import save_figure, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.data.dataset import load_dataset
@@ -45,8 +48,9 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def evaluate(kind: str, path: Path, ds, split: str, seed: int) -> tuple[dict, dict, np.ndarray]:
+def evaluate(name: str, path: Path, ds, split: str, seed: int) -> tuple[dict, dict, np.ndarray]:
     model = load_baseline(path)
+    kind = model.kind
     rows = ds.split_indices(split)
     maps, truth = np.asarray(ds.maps[rows]), ds.params[rows]
     t0 = time.perf_counter()
@@ -54,6 +58,7 @@ def evaluate(kind: str, path: Path, ds, split: str, seed: int) -> tuple[dict, di
     seconds = time.perf_counter() - t0
     meta = model.meta
     result = {
+        "name": name,
         "kind": kind,
         "model": _rel(path),
         "dataset": str(ds.path),
@@ -75,7 +80,7 @@ def evaluate(kind: str, path: Path, ds, split: str, seed: int) -> tuple[dict, di
         "intervals": "Gaussian mu +- 1, 1.96 sigma"
         if kind == "cnn"
         else f"equal-tailed, {model.config.n_samples} flow draws",  # type: ignore[union-attr]
-        "paper": PAPER[kind],
+        "paper": PAPER[kind] if name == kind else None,
         "machine": machine_info(),
     }
     return result, pred, rows
@@ -114,6 +119,9 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--cnn", type=Path, default=None, help="CNN checkpoint (default: shipped)")
     ap.add_argument("--npe", type=Path, default=None, help="NPE checkpoint (default: shipped)")
+    ap.add_argument(
+        "--cnn-noise", type=Path, default=None, help="noise-augmented CNN (default: shipped)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of NPE's posterior draws")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("evaluations/results/baselines"))
@@ -122,8 +130,8 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     results, preds = {}, {}
     rows = np.empty(0, dtype=np.int64)
-    for kind in ("cnn", "npe"):
-        path = getattr(args, kind) or shipped_baseline(kind)
+    for kind in SHIPPED:
+        path = getattr(args, kind.replace("-", "_")) or shipped_baseline(kind)
         results[kind], preds[kind], rows = evaluate(kind, path, ds, args.split, args.seed)
         save_json(args.out / f"{kind}_{args.split}.json", results[kind])
         for name, m in results[kind]["metrics"]["params"].items():
