@@ -165,6 +165,32 @@ def test_failures_are_recorded_and_reported(
         assert not (tmp_path / name / "summary.json").exists()
 
 
+def _toy_job(payload: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if payload == "bad":
+        raise DiffHMCError("bad input")
+    (folder / "summary.json").write_text("{}")
+
+
+def test_on_done_files_each_finished_job_as_it_completes(tmp_path: Path) -> None:
+    """``on_done`` runs once per job that finished well, in order, before the next job
+    starts (so an interrupted batch has filed what it finished); not for failed or
+    skipped jobs."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    jobs = [Job(n, tmp_path / n, p) for n, p in (("a", "ok"), ("b", "bad"), ("c", "ok"))]
+    jobs.append(Job("old", tmp_path / "old", "ok"))
+    seen: list[tuple[str, list[str]]] = []
+
+    def on_done(job: Job) -> None:
+        seen.append((job.name, sorted(p.name for p in tmp_path.iterdir())))
+
+    res = run_jobs(_toy_job, jobs, ClusterSpec(mode="inprocess"), False, on_done=on_done)
+    assert res.done == ["a", "c"] and set(res.failed) == {"b"} and res.skipped == ["old"]
+    assert [n for n, _ in seen] == ["a", "c"]
+    assert "c" not in seen[0][1]  # "a" was filed before "c" ran
+
+
 def test_dataset_batch_with_a_bad_map_writes_the_rest_and_raises(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:

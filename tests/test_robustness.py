@@ -108,6 +108,14 @@ def test_run_robustness_all_methods_table_figure_resume(
     run_robustness(cfg, out, model, {"cnn": cnn, "npe": npe}, icfg, progress=False)
     assert {p: p.stat().st_mtime_ns for p in res.rglob("*.json")} == stamps
     assert len(cnn.seen) == 2
+    # a posterior finished by an interrupted run (folder done, result not filed) is filed
+    # from its folder on the next run, without being computed again
+    (res / "dhmc" / f5).unlink()
+    folder = out / plain5["posterior_folder"]
+    before = (folder / "summary.json").stat().st_mtime_ns
+    run_robustness(cfg, out, model, {"cnn": cnn, "npe": npe}, icfg, progress=False)
+    assert json.loads((res / "dhmc" / f5).read_text())["mean"] == plain5["mean"]
+    assert (folder / "summary.json").stat().st_mtime_ns == before
     # other settings into the same folder are refused
     other = RobustnessConfig(dataset=str(ds_path), n_maps=1, levels=(0.0, 0.05), noise_seed=6)
     with pytest.raises(DiffHMCError, match="other settings"):

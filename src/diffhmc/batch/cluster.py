@@ -153,9 +153,13 @@ def run_job(fn: Callable[[Any, Path], None], job: Job) -> dict[str, Any]:
     }
 
 
-def _record(result: BatchResult, r: dict[str, Any]) -> None:
+def _record(
+    result: BatchResult, r: dict[str, Any], job: Job, on_done: Callable[[Job], None] | None
+) -> None:
     if r["status"] == "done":
         result.done.append(r["name"])
+        if on_done is not None:
+            on_done(job)
     else:
         result.failed[r["name"]] = r["error"]
 
@@ -167,12 +171,15 @@ def run_jobs(
     progress: bool = True,
     desc: str = "posteriors",
     log: Log = print,
+    on_done: Callable[[Job], None] | None = None,
 ) -> BatchResult:
     """Run every job of ``jobs`` whose folder lacks ``summary.json`` on ``cluster``.
 
     Jobs are submitted all at once and collected as they complete (a ``tqdm`` bar over
-    ``as_completed`` shows the rate and the time left). Returns what was done, skipped and
-    failed; failures also leave ``error.json`` in their folders.
+    ``as_completed`` shows the rate and the time left). ``on_done(job)`` runs in this
+    process as each job finishes well (to file its result at once, so an interrupted batch
+    keeps it). Returns what was done, skipped and failed; failures also leave
+    ``error.json`` in their folders.
     """
     from tqdm import tqdm
 
@@ -192,9 +199,11 @@ def run_jobs(
     if cluster.mode == "inprocess":
         for job in pending:
             try:
-                _record(result, run_job(fn, job))
+                r = run_job(fn, job)
             except Exception as exc:  # recorded in error.json by run_job
                 result.failed[job.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            else:
+                _record(result, r, job, on_done)  # outside the try: on_done's errors are its own
             bar.update(1)
     else:
         from distributed import as_completed
@@ -216,12 +225,14 @@ def run_jobs(
             for fut in as_completed(futures):
                 job = futures[fut]
                 try:
-                    _record(result, fut.result())
+                    r = fut.result()
                 except Exception as exc:  # KilledWorker, or an exception after its retries
                     tb = fut.traceback()
                     text = "".join(traceback.format_tb(tb)) if tb is not None else None
                     where = "client (the job's worker died or it failed after retries)"
                     result.failed[job.name] = _write_error(job.folder, exc, where, text)
+                else:
+                    _record(result, r, job, on_done)
                 fut.release()
                 bar.update(1)
     bar.close()

@@ -295,11 +295,12 @@ def run_robustness(
         if cluster.mode == "inprocess"
         else run_posterior_job
     )
-    result = run_jobs(fn, jobs, cluster, progress=progress, log=log)
-    for job in jobs:
-        if not (job.folder / DONE_FILE).is_file():
-            continue
+
+    def collect(job: Job) -> None:
+        """File a finished posterior's result (and its zero-noise copy) unless filed."""
         method, lv, i, noise_std = targets[job.name]
+        if done(method, lv, i) or not (job.folder / DONE_FILE).is_file():
+            return
         summary = load_json(job.folder / DONE_FILE)
         rec = _posterior_record(summary, names)
         extra = {
@@ -312,6 +313,12 @@ def run_robustness(
         save(method, lv, i, rec, **extra)
         if lv == 0.0 and method == "dhmc" and "dhmc-noise" in dhmc:
             save("dhmc-noise", lv, i, rec, **extra, same_as="dhmc")
+
+    # each result is filed as its posterior finishes, and once more for any posterior
+    # finished by an interrupted earlier run (its folder has summary.json, no result yet)
+    result = run_jobs(fn, jobs, cluster, progress=progress, log=log, on_done=collect)
+    for job in jobs:
+        collect(job)
     if result.failed:
         raise DiffHMCError(
             f"{len(result.failed)} of {len(jobs)} posteriors failed; see each one's "
