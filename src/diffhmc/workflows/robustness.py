@@ -314,11 +314,11 @@ def run_robustness(
         if lv == 0.0 and method == "dhmc" and "dhmc-noise" in dhmc:
             save("dhmc-noise", lv, i, rec, **extra, same_as="dhmc")
 
-    # each result is filed as its posterior finishes, and once more for any posterior
-    # finished by an interrupted earlier run (its folder has summary.json, no result yet)
-    result = run_jobs(fn, jobs, cluster, progress=progress, log=log, on_done=collect)
+    # posteriors finished by an interrupted earlier run (folder done, no result yet) are
+    # filed first; every other result is filed as its posterior finishes
     for job in jobs:
         collect(job)
+    result = run_jobs(fn, jobs, cluster, progress=progress, log=log, on_done=collect)
     if result.failed:
         raise DiffHMCError(
             f"{len(result.failed)} of {len(jobs)} posteriors failed; see each one's "
