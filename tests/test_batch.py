@@ -155,8 +155,16 @@ def test_failures_are_recorded_and_reported(
         Job("finished", finished, PosteriorJob(bad, None, CFG, {}, **where)),
     ]
     spec = ClusterSpec(mode="scheduler", address=cluster.scheduler_address, retries=1)
-    res = run_jobs(run_posterior_job, jobs, spec, progress=False, log=lambda _m: None)
-    assert res.skipped == ["finished"] and res.done == []
+    seen: list[str] = []
+    res = run_jobs(
+        run_posterior_job,
+        jobs,
+        spec,
+        progress=False,
+        log=lambda _m: None,
+        on_done=lambda j: seen.append(j.name),
+    )
+    assert res.skipped == ["finished"] and res.done == [] and seen == []
     assert set(res.failed) == {"nan", "bug"}
     assert "NaN" in res.failed["nan"] and "AttributeError" in res.failed["bug"]
     for name in ("nan", "bug"):
@@ -189,6 +197,21 @@ def test_on_done_files_each_finished_job_as_it_completes(tmp_path: Path) -> None
     assert res.done == ["a", "c"] and set(res.failed) == {"b"} and res.skipped == ["old"]
     assert [n for n, _ in seen] == ["a", "c"]
     assert "c" not in seen[0][1]  # "a" was filed before "c" ran
+    # an on_done that raises: the job stays done (no error.json), the batch goes on
+    jobs = [Job(n, tmp_path / "again" / n, "ok") for n in ("x", "y")]
+
+    def broken(job: Job) -> None:
+        if job.name == "x":
+            raise ValueError("cannot file x")
+
+    msgs: list[str] = []
+    res = run_jobs(
+        _toy_job, jobs, ClusterSpec(mode="inprocess"), False, log=msgs.append, on_done=broken
+    )
+    assert res.done == ["x", "y"] and not res.failed
+    assert res.on_done_failed == {"x": "ValueError: cannot file x"}
+    assert not (tmp_path / "again" / "x" / "error.json").exists()
+    assert any("filing it failed: x" in m for m in msgs)
 
 
 def test_dataset_batch_with_a_bad_map_writes_the_rest_and_raises(

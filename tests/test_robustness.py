@@ -108,18 +108,56 @@ def test_run_robustness_all_methods_table_figure_resume(
     run_robustness(cfg, out, model, {"cnn": cnn, "npe": npe}, icfg, progress=False)
     assert {p: p.stat().st_mtime_ns for p in res.rglob("*.json")} == stamps
     assert len(cnn.seen) == 2
-    # a posterior finished by an interrupted run (folder done, result not filed) is filed
-    # from its folder on the next run, without being computed again
-    (res / "dhmc" / f5).unlink()
+    # posteriors finished by an interrupted run (folder done, result not filed; at zero
+    # noise both the dhmc result and its dhmc-noise copy) are filed from their folders on
+    # the next run, without being computed again
+    for f in (res / "dhmc" / f5, res / "dhmc" / f0, res / "dhmc-noise" / f0):
+        f.unlink()
     folder = out / plain5["posterior_folder"]
     before = (folder / "summary.json").stat().st_mtime_ns
     run_robustness(cfg, out, model, {"cnn": cnn, "npe": npe}, icfg, progress=False)
     assert json.loads((res / "dhmc" / f5).read_text())["mean"] == plain5["mean"]
     assert (folder / "summary.json").stat().st_mtime_ns == before
+    copy = json.loads((res / "dhmc-noise" / f0).read_text())
+    assert copy["same_as"] == "dhmc" and copy["mean"] == plain0["mean"]
+    assert copy["posterior_folder"] == plain0["posterior_folder"]
     # other settings into the same folder are refused
     other = RobustnessConfig(dataset=str(ds_path), n_maps=1, levels=(0.0, 0.05), noise_seed=6)
     with pytest.raises(DiffHMCError, match="other settings"):
         run_robustness(other, out, model, {"cnn": cnn, "npe": npe}, icfg, progress=False)
+
+
+def test_an_interrupted_study_keeps_the_results_it_finished(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each posterior's result is filed as it finishes: a run stopped during its second
+    posterior has the first one's result on disk."""
+    import diffhmc.workflows.robustness as rob
+    from diffhmc.emulator.checkpoint import load_model
+    from diffhmc.inference.config import InferenceConfig
+    from diffhmc.inference.mcmc import NUTSConfig
+    from diffhmc.workflows.robustness_report import RobustnessConfig
+
+    ds_path, ckpt = tiny
+    real = rob.run_posterior_job
+    calls = []
+
+    def stop_on_second(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(rob, "run_posterior_job", stop_on_second)
+    icfg = InferenceConfig(n_timesteps=2, nuts=NUTSConfig(n_chains=2, n_warmup=20, n_samples=20))
+    cfg = RobustnessConfig(
+        dataset=str(ds_path), n_maps=1, levels=(0.0, 0.05), methods=("dhmc",), noise_seed=5
+    )
+    out = tmp_path / "int"
+    with pytest.raises(KeyboardInterrupt):
+        rob.run_robustness(cfg, out, load_model(ckpt), {}, icfg, progress=False)
+    filed = sorted(p.parent.name for p in (out / "results" / "dhmc").rglob("*.json"))
+    assert filed == ["level_0"]
 
 
 def test_robustness_config_validation(tiny: tuple[Path, Path], tmp_path: Path) -> None:

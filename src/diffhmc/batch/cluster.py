@@ -62,11 +62,13 @@ class Job:
 
 @dataclass
 class BatchResult:
-    """Outcome of :func:`run_jobs`, by job name (``failed``: name -> one-line error)."""
+    """Outcome of :func:`run_jobs`, by job name (``failed``: name -> one-line error;
+    ``on_done_failed``: jobs that finished but whose ``on_done`` raised -> its error)."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    on_done_failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -159,7 +161,10 @@ def _record(
     if r["status"] == "done":
         result.done.append(r["name"])
         if on_done is not None:
-            on_done(job)
+            try:
+                on_done(job)
+            except Exception as exc:  # the job itself is done: keep collecting the others
+                result.on_done_failed[job.name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     else:
         result.failed[r["name"]] = r["error"]
 
@@ -239,4 +244,6 @@ def run_jobs(
     result.seconds = time.perf_counter() - t0
     for name, msg in result.failed.items():
         log(f"failed: {name}: {msg}")
+    for name, msg in result.on_done_failed.items():
+        log(f"finished, but filing it failed: {name}: {msg}")
     return result

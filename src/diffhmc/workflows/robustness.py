@@ -310,15 +310,20 @@ def run_robustness(
             "summary": summary,
             "posterior_folder": str(job.folder.relative_to(out)),
         }
-        save(method, lv, i, rec, **extra)
         if lv == 0.0 and method == "dhmc" and "dhmc-noise" in dhmc:
+            # the copy first: done() reads dhmc's file, so an interruption between the two
+            # leaves both to be filed again from the folder
             save("dhmc-noise", lv, i, rec, **extra, same_as="dhmc")
+        save(method, lv, i, rec, **extra)
 
     # posteriors finished by an interrupted earlier run (folder done, no result yet) are
-    # filed first; every other result is filed as its posterior finishes
+    # filed first, every other as it finishes, and a last sweep files any a callback missed
+    # (e.g. a network file system that showed summary.json late); a sweep's error is raised
     for job in jobs:
         collect(job)
     result = run_jobs(fn, jobs, cluster, progress=progress, log=log, on_done=collect)
+    for job in jobs:
+        collect(job)
     if result.failed:
         raise DiffHMCError(
             f"{len(result.failed)} of {len(jobs)} posteriors failed; see each one's "
