@@ -183,7 +183,8 @@ def run_jobs(
     Jobs are submitted all at once and collected as they complete (a ``tqdm`` bar over
     ``as_completed`` shows the rate and the time left). ``on_done(job)`` runs in this
     process as each job finishes well (to file its result at once, so an interrupted batch
-    keeps it). Returns what was done, skipped and failed; failures also leave
+    keeps it); its errors are logged and kept in ``on_done_failed``, the job stays done and
+    the batch goes on. Returns what was done, skipped and failed; failures also leave
     ``error.json`` in their folders.
     """
     from tqdm import tqdm

@@ -237,109 +237,78 @@ def generate_dataset(
         simulate_fn = functools.partial(simulate_fn, device=dev)
         workers = 1
     with exclusive_lock(target, "dataset"):
-        return _generate_locked(
-            target,
-            n,
-            config,
-            seed,
-            space,
-            workers,
-            fractions,
-            simulate_fn,
-            sim_name,
-            progress,
-            overwrite,
-            dev,
+        check_target(target, overwrite, resume_marker=SHARDS_DIR)
+
+        theta = latin_hypercube(n, space, seed)
+        seeds = simulation_seeds(seed, n)
+        i_om, i_s8 = space.names.index("Omega_m"), space.names.index("sigma_8")
+        sim_config = config.to_dict()
+        plan = json_normalise(
+            {
+                "format": PLAN_NAME,
+                "n_sims": n,
+                "seed": seed,
+                "param_space": space.to_dict(),
+                "sim_config": sim_config,
+                "simulator": sim_name,
+                "design": DESIGN,
+                **({} if dev.type == "cpu" else {"device": dev.type}),
+            }
         )
+        shards = target / SHARDS_DIR
+        _record_plan(shards, plan, target)
+        _remove_partial_shards(shards)
 
-
-def _generate_locked(
-    target: Path,
-    n: int,
-    config: _ConfigLike,
-    seed: int,
-    space: ParamSpace,
-    workers: int,
-    fractions: Sequence[float],
-    simulate_fn: Callable[..., np.ndarray],
-    sim_name: str,
-    progress: bool,
-    overwrite: bool,
-    dev: torch.device,
-) -> Dataset:
-    """:func:`generate_dataset` after its checks, while it holds the folder's lock."""
-    check_target(target, overwrite, resume_marker=SHARDS_DIR)
-
-    theta = latin_hypercube(n, space, seed)
-    seeds = simulation_seeds(seed, n)
-    i_om, i_s8 = space.names.index("Omega_m"), space.names.index("sigma_8")
-    sim_config = config.to_dict()
-    plan = json_normalise(
-        {
-            "format": PLAN_NAME,
-            "n_sims": n,
-            "seed": seed,
-            "param_space": space.to_dict(),
-            "sim_config": sim_config,
-            "simulator": sim_name,
-            "design": DESIGN,
-            **({} if dev.type == "cpu" else {"device": dev.type}),
-        }
-    )
-    shards = target / SHARDS_DIR
-    _record_plan(shards, plan, target)
-    _remove_partial_shards(shards)
-
-    jobs: list[tuple[Any, ...]] = []
-    for i in range(n):
-        shard = _shard_path(shards, i, n)
-        if shard.is_file() and _shard_ok(shard, theta[i], int(seeds[i])):
-            continue
-        shard.unlink(missing_ok=True)
-        th = (float(theta[i, i_om]), float(theta[i, i_s8]))
-        jobs.append((simulate_fn, i, th, int(seeds[i]), config, theta[i], str(shard)))
-    _run_shards(jobs, n, workers, progress, shards)
-
-    # Assemble: stream the shards into one memory-mapped maps.npy.
-    first = _shard_path(shards, 0, n)
-    with np.load(first, allow_pickle=False) as z:
-        m, res = int(z["maps"].shape[0]), int(z["maps"].shape[-1])
-    params, sim_id = expand_per_sim(theta, m)
-
-    def fill(dst: np.ndarray) -> None:
+        jobs: list[tuple[Any, ...]] = []
         for i in range(n):
             shard = _shard_path(shards, i, n)
-            with np.load(shard, allow_pickle=False) as z:
-                maps = z["maps"]
-            if maps.shape != (m, res, res):
-                raise DiffHMCError(
-                    f"shard {shard} holds maps of shape {maps.shape}, but {first} holds "
-                    f"{(m, res, res)}"
-                )
-            dst[i * m : (i + 1) * m] = maps
+            if shard.is_file() and _shard_ok(shard, theta[i], int(seeds[i])):
+                continue
+            shard.unlink(missing_ok=True)
+            th = (float(theta[i, i_om]), float(theta[i, i_s8]))
+            jobs.append((simulate_fn, i, th, int(seeds[i]), config, theta[i], str(shard)))
+        _run_shards(jobs, n, workers, progress, shards)
 
-    provenance = {
-        "source": "diffhmc-pm",
-        "sim_config": plan["sim_config"],
-        "simulator": plan["simulator"],
-        "design": DESIGN,
-        "seed": seed,
-        "seed_derivation": "numpy SeedSequence(seed).spawn(n_sims), first uint32 word",
-    }  # build_dataset adds the package version
-    box_size = float(sim_config.get("box_size", 25.0))
-    return build_dataset(
-        target,
-        (n * m, res, res),
-        fill,
-        params,
-        sim_id,
-        seeds,
-        m,
-        space,
-        provenance,
-        box_size,
-        fractions,
-    )
+        # Assemble: stream the shards into one memory-mapped maps.npy.
+        first = _shard_path(shards, 0, n)
+        with np.load(first, allow_pickle=False) as z:
+            m, res = int(z["maps"].shape[0]), int(z["maps"].shape[-1])
+        params, sim_id = expand_per_sim(theta, m)
+
+        def fill(dst: np.ndarray) -> None:
+            for i in range(n):
+                shard = _shard_path(shards, i, n)
+                with np.load(shard, allow_pickle=False) as z:
+                    maps = z["maps"]
+                if maps.shape != (m, res, res):
+                    raise DiffHMCError(
+                        f"shard {shard} holds maps of shape {maps.shape}, but {first} holds "
+                        f"{(m, res, res)}"
+                    )
+                dst[i * m : (i + 1) * m] = maps
+
+        provenance = {
+            "source": "diffhmc-pm",
+            "sim_config": plan["sim_config"],
+            "simulator": plan["simulator"],
+            "design": DESIGN,
+            "seed": seed,
+            "seed_derivation": "numpy SeedSequence(seed).spawn(n_sims), first uint32 word",
+        }  # build_dataset adds the package version
+        box_size = float(sim_config.get("box_size", 25.0))
+        return build_dataset(
+            target,
+            (n * m, res, res),
+            fill,
+            params,
+            sim_id,
+            seeds,
+            m,
+            space,
+            provenance,
+            box_size,
+            fractions,
+        )
 
 
 def load_or_generate(

@@ -56,6 +56,7 @@ from diffhmc.data.selection import pick_maps, split_sims
 from diffhmc.workflows.infer import PosteriorJob, run_posterior_job
 from diffhmc.workflows.robustness_report import (
     BASELINE_METHODS,
+    DHMC_METHODS,
     KEYS,
     RobustnessConfig,
     level_dir,
@@ -154,7 +155,7 @@ def load_methods(
     checkpoints = checkpoints or {}
     baselines: dict[str, Predictor] = {}
     for name in (m for m in methods if m in BASELINE_METHODS):
-        from diffhmc.baselines.api import load_baseline, shipped_baseline
+        from diffhmc.baselines.api import load_baseline, shipped_baseline  # torch: only if asked
 
         path = checkpoints.get(name)
         b = load_baseline(path if path is not None else shipped_baseline(name))
@@ -164,7 +165,7 @@ def load_methods(
             raise DiffHMCError(f"{b.source} is {what}, not a {name} baseline")
         baselines[name] = b
     diffusion = None
-    if any(m.startswith("dhmc") for m in methods):
+    if any(m in DHMC_METHODS for m in methods):
         from diffhmc.emulator.checkpoint import load_model
 
         diffusion = load_model(model, device=device)
@@ -198,7 +199,7 @@ def run_robustness(
 
     baselines = dict(baselines or {})
     infer_cfg = infer_cfg or InferenceConfig()
-    dhmc = [m for m in cfg.methods if m.startswith("dhmc")]
+    dhmc = [m for m in cfg.methods if m in DHMC_METHODS]
     if dhmc and model is None:
         raise DiffHMCError(f"methods {dhmc} need a diffusion model")
     missing = [m for m in cfg.methods if m in BASELINE_METHODS and m not in baselines]
