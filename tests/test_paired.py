@@ -1,5 +1,5 @@
-"""Paired comparisons (bootstrap interval, sign test, verdict) and the robustness study's
-paired report (keys, numbers against a hand computation)."""
+"""Paired comparisons (bootstrap interval, sign test, verdict, the family-wise readings) and
+the robustness study's paired report (keys, numbers against a hand computation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import pytest
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.evaluation.metrics import rate_with_interval, wilson_interval
-from diffhmc.evaluation.paired import compare_paired, paired_bootstrap, sign_test, verdict
+from diffhmc.evaluation.paired import (
+    compare_paired,
+    holm,
+    paired_bootstrap,
+    sign_test,
+    verdict,
+)
 from diffhmc.workflows.robustness_report import paired_markdown, paired_report
 
 
@@ -44,6 +50,33 @@ def test_verdict_reads_the_interval_only() -> None:
     assert verdict([-2.0, 0.5]) == "not distinguishable"
     same = compare_paired(np.arange(20.0), np.arange(20.0) + 0.01 * (-1) ** np.arange(20))
     assert same["verdict"] == "not distinguishable"
+
+
+def test_holm_hand_values() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    with pytest.raises(DiffHMCError, match="p-values in"):
+        holm([0.1, 1.5])
+
+
+def test_family_interval_is_wider_and_can_overturn_a_verdict() -> None:
+    rng = np.random.default_rng(4)
+    e = rng.normal(size=50)
+    d = 0.35 + (e - e.mean()) / e.std()  # mean 0.35, sd 1: t = 2.5 on 50 maps
+    one = compare_paired(d, np.zeros(50), seed=2)
+    assert "paired_diff_ci_family" not in one  # one comparison: no family reading
+    fam = compare_paired(d, np.zeros(50), seed=2, family_size=30)
+    assert fam["paired_diff_ci"] == one["paired_diff_ci"]
+    lo, hi = fam["paired_diff_ci_family"]
+    assert lo < fam["paired_diff_ci"][0] and hi > fam["paired_diff_ci"][1]
+    # Bonferroni over 30: z = 3.14 instead of 1.96, so about 1.6x the half-width
+    ratio = (hi - lo) / (fam["paired_diff_ci"][1] - fam["paired_diff_ci"][0])
+    assert ratio == pytest.approx(3.14 / 1.96, rel=0.15)
+    assert (fam["verdict"], fam["verdict_family"]) == ("worse", "not distinguishable")
+    with pytest.raises(DiffHMCError, match="family_size"):
+        compare_paired(d, np.zeros(50), family_size=0)
 
 
 def test_paired_input_validation() -> None:
@@ -89,6 +122,22 @@ def test_paired_report_keys_and_numbers() -> None:
         assert key in vs
     assert vs["verdict"] == "better"  # 5x smaller errors on 60 maps
     assert "vs_cnn" not in cell["cnn"]
+    # 2 levels x 2 parameters x 1 method: one family of 4 comparisons per score
+    assert rep["multiplicity"]["family_size"] == 4
+    ps = [
+        rep["levels"][lv][n]["dhmc"]["vs_cnn"]
+        for lv in ("0", "0.05")
+        for n in ("Omega_m", "sigma_8")
+    ]
+    assert [c["sign_test_p_holm"] for c in ps] == pytest.approx(
+        holm([c["sign_test_p"] for c in ps])
+    )
+    zs = [c["abs_z"] for c in ps]
+    assert [c["sign_test_p_holm"] for c in zs] == pytest.approx(
+        holm([c["sign_test_p"] for c in zs])
+    )
+    assert vs["verdict_family"] == "better" and "paired_diff_ci_family" in vs["abs_z"]
     md = paired_markdown(rep, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
+    assert "4 such comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
     assert "| 0.05 | sigma_8 | Diffusion-HMC |" in md and "better" in md
     assert "| 0.05 | Omega_m | 63.9 | 35.9 |" in md  # the paper's row beside ours

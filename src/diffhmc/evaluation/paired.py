@@ -12,6 +12,17 @@ e.g. the CNN), lower being better (``|bias|``, ``|z|``), the paired difference i
 * :func:`verdict` -- "better" when the whole interval is below 0, "worse" when above,
   else "not distinguishable": the words a table may use, read off the interval and never
   off the point estimate.
+
+A report that makes ``m`` such comparisons at once (levels x parameters x methods) expects
+about ``0.05 m`` intervals to exclude 0 by chance. Two family-wise readings go beside the
+per-comparison ones:
+
+* :func:`holm` -- Holm's step-down adjustment of the ``m`` sign-test p-values: sorted
+  ascending, ``p~_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))``; rejecting where
+  ``p~ < alpha`` bounds the chance of any false "better"/"worse" by ``alpha``;
+* ``family_size = m`` in :func:`compare_paired` -- the Bonferroni bootstrap interval at
+  level ``1 - (1 - level)/m`` and its verdict (``verdict_family``), with enough resamples
+  that each tail holds at least 50 of them.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import numpy as np
 
 from diffhmc.core.errors import DiffHMCError
 
-__all__ = ["compare_paired", "paired_bootstrap", "sign_test", "verdict"]
+__all__ = ["compare_paired", "holm", "paired_bootstrap", "sign_test", "verdict"]
 
 
 def _pairs(a: Any, b: Any) -> np.ndarray:
@@ -72,12 +83,38 @@ def verdict(ci: tuple[float, float] | list[float]) -> str:
     return "not distinguishable"
 
 
-def compare_paired(a: Any, b: Any, n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
-    """Bootstrap, sign test and verdict of ``a`` against ``b`` (lower is better)."""
+def holm(pvalues: Any) -> list[float]:
+    """Holm-adjusted p-values (module docstring), in the order given; ``[]`` for none."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1 or not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+        raise DiffHMCError(f"holm needs a 1-D list of p-values in [0, 1], got {pvalues!r}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = stepped
+    return [float(v) for v in out]
+
+
+def compare_paired(
+    a: Any, b: Any, n_boot: int = 10000, seed: int = 0, family_size: int = 1
+) -> dict[str, Any]:
+    """Bootstrap, sign test and verdict of ``a`` against ``b`` (lower is better); with
+    ``family_size = m > 1`` also the Bonferroni interval ``paired_diff_ci_family`` and its
+    ``verdict_family`` (module docstring)."""
+    if isinstance(family_size, bool) or not isinstance(family_size, int) or family_size < 1:
+        raise DiffHMCError(f"family_size must be an integer >= 1, got {family_size!r}")
     boot = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
-    return {
+    out = {
         "mean_diff": boot["mean_diff"],
         "paired_diff_ci": boot["ci"],
         "sign_test_p": sign_test(a, b)["p"],
         "verdict": verdict(boot["ci"]),
     }
+    if family_size > 1:
+        tail = 0.05 / (2 * family_size)
+        n_fam = max(n_boot, math.ceil(50 / tail))
+        fam = paired_bootstrap(a, b, n_boot=n_fam, level=1 - 0.05 / family_size, seed=seed)
+        out["paired_diff_ci_family"] = fam["ci"]
+        out["verdict_family"] = verdict(fam["ci"])
+    return out

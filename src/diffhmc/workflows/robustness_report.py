@@ -258,12 +258,17 @@ def paired_report(
     ``coverage_68`` with ``ci_68`` (Wilson 95%); and for each method other than
     ``reference``, ``vs_<reference>``: the paired difference of ``|bias|`` (``paired_diff_ci``,
     ``sign_test_p``, ``verdict``) and of ``|z|`` (``abs_z``), over the same maps
-    (:mod:`diffhmc.evaluation.paired`). ``results`` as :func:`load_results`."""
+    (:mod:`diffhmc.evaluation.paired`). The ``m`` comparisons of a score (every level,
+    parameter and method) are one family: each also carries the Bonferroni interval
+    ``paired_diff_ci_family`` with ``verdict_family`` and the Holm-adjusted
+    ``sign_test_p_holm``, and ``multiplicity`` says so. ``results`` as :func:`load_results`."""
     from diffhmc.evaluation.metrics import rate_with_interval
-    from diffhmc.evaluation.paired import compare_paired, paired_bootstrap
+    from diffhmc.evaluation.paired import compare_paired, holm, paired_bootstrap
 
     out: dict[str, Any] = {}
     n_maps = None
+    others = [m for m in methods if m != reference]
+    family = len(levels) * len(names) * len(others) if reference in methods else 0
     for lv in levels:
         by_param: dict[str, Any] = {}
         scores = {m: per_map_scores(results[(m, lv)]) for m in methods}
@@ -286,18 +291,39 @@ def paired_report(
                 if m != reference and reference in scores:
                     ref = scores[reference]
                     bias = compare_paired(
-                        sc["abs_bias_pct"][:, j], ref["abs_bias_pct"][:, j], n_boot, seed
+                        sc["abs_bias_pct"][:, j], ref["abs_bias_pct"][:, j], n_boot, seed, family
                     )
                     entry[f"vs_{reference}"] = {
                         **bias,
                         "abs_z": compare_paired(
-                            sc["abs_z"][:, j], ref["abs_z"][:, j], n_boot, seed
+                            sc["abs_z"][:, j], ref["abs_z"][:, j], n_boot, seed, family
                         ),
                     }
                 cell[m] = entry
             by_param[name] = cell
         out[f"{lv:g}"] = by_param
-    return {"n_maps": n_maps, "reference_method": reference, "levels": out}
+    comparisons = (
+        [out[f"{lv:g}"][n][m][f"vs_{reference}"] for lv in levels for n in names for m in others]
+        if family
+        else []
+    )
+    for fam in (comparisons, [c["abs_z"] for c in comparisons]):
+        for c, p in zip(fam, holm([c["sign_test_p"] for c in fam]), strict=True):
+            c["sign_test_p_holm"] = p
+    multiplicity = {
+        "family_size": family,
+        "family": "every level x parameter x method compared with the reference, per score "
+        "(|bias| and |z| each)",
+        "interval": "paired_diff_ci_family: percentile bootstrap at level 1 - 0.05/family_size "
+        "(Bonferroni)",
+        "p_value": "sign_test_p_holm: Holm step-down over the family's sign-test p-values",
+    }
+    return {
+        "n_maps": n_maps,
+        "reference_method": reference,
+        "multiplicity": multiplicity,
+        "levels": out,
+    }
 
 
 def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
@@ -305,13 +331,21 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
     coverage [Wilson 95%], and against the reference method the |bias| difference with its
     bootstrap interval, sign-test p and verdict; then the paper's numbers beside ours."""
     ref = report["reference_method"]
+    m_fam = report.get("multiplicity", {}).get("family_size", 0)
     lines = [
         f"Noise robustness on {report['n_maps']} test maps, paired against "
         f"{METHOD_LABELS.get(ref, ref)} on the same maps and noise (bootstrap 95% intervals of "
-        "the mean difference in |bias|, percentage points; exact sign test).\n",
+        "the mean difference in |bias|, percentage points; exact sign test).",
+        "",
+        f"The table makes {m_fam} such comparisons: where no method differs from "
+        f'{METHOD_LABELS.get(ref, ref)}, about {0.05 * m_fam:.1f} verdicts other than "not '
+        'distinguishable" are expected by chance alone. The last two columns read the whole '
+        "family at 95%: the verdict of the Bonferroni interval (level 1 - 0.05/"
+        f"{max(m_fam, 1)}) and Holm's adjusted sign-test p.\n",
         "| noise (dex) | parameter | method | mean \\|bias\\| (%) | mean \\|z\\| | 68% coverage "
-        f"[95%] | \\|bias\\| - {METHOD_LABELS.get(ref, ref)} [95%] | sign p | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"[95%] | \\|bias\\| - {METHOD_LABELS.get(ref, ref)} [95%] | sign p | verdict | "
+        "family-wise verdict | sign p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv, by_param in report["levels"].items():
         for n in names:
@@ -325,9 +359,11 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                         f"{vs['paired_diff_ci'][1]:+.1f}]",
                         f"{vs['sign_test_p']:.2g}",
                         vs["verdict"],
+                        vs.get("verdict_family", vs["verdict"]),
+                        f"{vs.get('sign_test_p_holm', vs['sign_test_p']):.2g}",
                     ]
                     if vs
-                    else ["", "", ""]
+                    else ["", "", "", "", ""]
                 )
                 lines.append(
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
