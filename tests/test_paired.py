@@ -141,3 +141,20 @@ def test_paired_report_keys_and_numbers() -> None:
     assert "4 such comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
     assert "| 0.05 | sigma_8 | Diffusion-HMC |" in md and "better" in md
     assert "| 0.05 | Omega_m | 63.9 | 35.9 |" in md  # the paper's row beside ours
+
+
+def test_summary_figure_adds_the_paired_row() -> None:
+    from diffhmc.plots.robustness import robustness_summary_figure
+
+    res = _fake_results(20, np.random.default_rng(5))
+    names = ["Omega_m", "sigma_8"]
+    rep = paired_report(res, ["cnn", "dhmc"], [0.0, 0.05], names, n_boot=500)
+    fig = robustness_summary_figure(rep, ["cnn", "dhmc"], names)
+    assert len(fig.axes) == 6  # |bias|, coverage, and the paired difference from the CNN
+    assert "|bias| - cnn" in fig.axes[4].get_ylabel()
+    # the paired row plots each level's mean difference (the reference has no row of its own)
+    (line,) = [ln for ln in fig.axes[4].get_lines() if ln.get_marker() == "o"]
+    diffs = [rep["levels"][lv]["Omega_m"]["dhmc"]["vs_cnn"]["mean_diff"] for lv in ("0", "0.05")]
+    assert list(line.get_ydata()) == pytest.approx(diffs)
+    alone = paired_report(res, ["dhmc"], [0.0, 0.05], names, n_boot=500)
+    assert len(robustness_summary_figure(alone, ["dhmc"], names).axes) == 4

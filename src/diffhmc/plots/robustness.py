@@ -79,6 +79,13 @@ def robustness_figure(
     return fig
 
 
+def _yerr(y: np.ndarray, cis: Sequence[Sequence[float]]) -> np.ndarray:
+    """Error bars ``(2, N)`` (below, above ``y``) of intervals ``[lo, hi]``, clipped at 0."""
+    lo = np.array([c[0] for c in cis], dtype=np.float64)
+    hi = np.array([c[1] for c in cis], dtype=np.float64)
+    return np.stack([y - lo, hi - y]).clip(min=0)
+
+
 def robustness_summary_figure(
     report: Mapping[str, object],
     methods: Sequence[str],
@@ -87,13 +94,19 @@ def robustness_summary_figure(
 ) -> Figure:
     """Mean |bias| (%) and 68% coverage against the noise level, one column per parameter,
     one line per method, with their 95% intervals (bootstrap for |bias|, Wilson for
-    coverage); ``report`` as :func:`diffhmc.workflows.robustness_report.paired_report`."""
+    coverage); when the report has a reference method, a third row: each other method's
+    paired |bias| difference from it (percentage points; thick bar the 95% bootstrap
+    interval, thin bar the family-wise Bonferroni one), the reading the verdicts come from.
+    ``report`` as :func:`diffhmc.workflows.robustness_report.paired_report`."""
     labels = labels or {}
     levels = report["levels"]
     assert isinstance(levels, Mapping)
+    ref = str(report.get("reference_method", ""))
+    paired = ref in methods and len(methods) > 1
     xs = [float(lv) for lv in levels]
-    fig = Figure(figsize=(4.2 * len(names) + 0.5, 6.4))
-    axes = fig.subplots(2, len(names), squeeze=False)
+    n_rows = 3 if paired else 2
+    fig = Figure(figsize=(4.2 * len(names) + 0.5, 3.2 * n_rows))
+    axes = fig.subplots(n_rows, len(names), squeeze=False)
     for j, name in enumerate(names):
         for k, m in enumerate(methods):
             color = COLORS.get(m, OTHER_COLORS[k % len(OTHER_COLORS)])
@@ -105,16 +118,27 @@ def robustness_summary_figure(
                 (axes[1, j], "coverage_68", "ci_68"),
             ):
                 y = np.array([r[key] for r in rows])
-                err = np.array(
-                    [[y_i - r[ci][0], r[ci][1] - y_i] for y_i, r in zip(y, rows, strict=True)]
-                ).T
-                ax.errorbar(x, y, yerr=err.clip(min=0), fmt="o-", ms=3, lw=1, capsize=2,
-                            color=color, label=labels.get(m, m))  # fmt: skip
+                ax.errorbar(x, y, yerr=_yerr(y, [r[ci] for r in rows]), fmt="o-", ms=3, lw=1,
+                            capsize=2, color=color, label=labels.get(m, m))  # fmt: skip
+            if paired and m != ref:
+                vs = [r[f"vs_{ref}"] for r in rows]
+                y = np.array([v["mean_diff"] for v in vs])
+                fam = [v.get("paired_diff_ci_family", v["paired_diff_ci"]) for v in vs]
+                axes[2, j].errorbar(x, y, yerr=_yerr(y, fam), fmt="none", lw=0.7, color=color)
+                axes[2, j].errorbar(x, y, yerr=_yerr(y, [v["paired_diff_ci"] for v in vs]),
+                                    fmt="o-", ms=3, lw=1, elinewidth=2.4, capsize=0,
+                                    color=color)  # fmt: skip
         axes[0, j].set(title=name, ylabel="mean |bias| (%)", yscale="log")
         axes[1, j].axhline(0.68, color="k", ls=":", lw=0.8)
-        axes[1, j].set(xlabel="noise std (dex on log10)", ylabel="68% coverage", ylim=(0, 1))
+        axes[1, j].set(ylabel="68% coverage", ylim=(0, 1))
+        if paired:
+            axes[2, j].axhline(0.0, color="k", ls=":", lw=0.8)
+            axes[2, j].set(ylabel=f"|bias| - {labels.get(ref, ref)} (points)")
+        axes[-1, j].set(xlabel="noise std (dex on log10)")
     handles, labs = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labs, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
-    fig.suptitle(f"Noise robustness, {report['n_maps']} maps (95% intervals)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    title = f"Noise robustness, {report['n_maps']} maps (95% intervals"
+    title += "; paired: thick per comparison, thin family-wise)" if paired else ")"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05 if n_rows == 2 else 0.035, 1, 0.97))
     return fig
