@@ -139,6 +139,8 @@ def test_paired_report_keys_and_numbers() -> None:
     assert vs["verdict_family"] == "better" and "paired_diff_ci_family" in vs["abs_z"]
     md = paired_markdown(rep, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
     assert "4 such comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
+    z = rep["levels"]["0.05"]["sigma_8"]["dhmc"]["vs_cnn"]["abs_z"]
+    assert f"| 0.05 | sigma_8 | Diffusion-HMC | {z['mean_diff']:+.2f} [" in md
     assert "| 0.05 | sigma_8 | Diffusion-HMC |" in md and "better" in md
     assert "| 0.05 | Omega_m | 63.9 | 35.9 |" in md  # the paper's row beside ours
 

@@ -329,7 +329,8 @@ def paired_report(
 def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
     """The paired table: per level and parameter, each method's mean |bias| (%) and 68%
     coverage [Wilson 95%], and against the reference method the |bias| difference with its
-    bootstrap interval, sign-test p and verdict; then the paper's numbers beside ours."""
+    bootstrap interval, sign-test p and verdict (per comparison and family-wise); the same
+    for |z|; then the paper's numbers beside ours."""
     ref = report["reference_method"]
     m_fam = report.get("multiplicity", {}).get("family_size", 0)
     lines = [
@@ -369,6 +370,27 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
                     f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
                 )
+    others = [m for m in methods if m != ref]
+    if m_fam and others:
+        lab = METHOD_LABELS.get(ref, ref)
+        lines += [
+            "",
+            f"### |z| against {lab} (the error in units of the method's own posterior std)\n",
+            f"| noise (dex) | parameter | method | \\|z\\| - {lab} [95%] | sign p | verdict | "
+            "family-wise verdict | sign p (Holm) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for lv, by_param in report["levels"].items():
+            for n in names:
+                for m in others:
+                    z = by_param[n][m][f"vs_{ref}"]["abs_z"]
+                    lo, hi = z["paired_diff_ci"]
+                    lines.append(
+                        f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {z['mean_diff']:+.2f} "
+                        f"[{lo:+.2f}, {hi:+.2f}] | {z['sign_test_p']:.2g} | {z['verdict']} | "
+                        f"{z.get('verdict_family', z['verdict'])} | "
+                        f"{z.get('sign_test_p_holm', z['sign_test_p']):.2g} |"
+                    )
     ours_cols = [m for m in ("cnn", "cnn-noise", "dhmc", "dhmc-noise") if m in methods]
     lines += [
         "",
