@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffhmc.core.fileio import load_json, save_figure, save_json
+from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
 from diffhmc.data.dataset import load_dataset
 from diffhmc.data.selection import held_out_fields
 from diffhmc.emulator.checkpoint import export_for_inference, load_model
@@ -219,6 +219,7 @@ def cmd_check(args: argparse.Namespace) -> None:
             rec: dict[str, Any] = {
                 "field": i,
                 "variant": variant,
+                "model": _rel(args.model),
                 "truth": theta[i].tolist(),
                 "exact_mean": mean.tolist(),
                 "exact_std": exact_std,
@@ -371,6 +372,27 @@ def _aggregate(recs: list[dict[str, Any]], names: list[str], sub: bool = True) -
     return agg
 
 
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when inside it (how reports name files)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def _report_model(variants: dict[str, Any], given: Path | None) -> Path:
+    """The network the fields were checked with: the one their records name (refusing a
+    mix), else ``--model``, else the default :data:`MODEL` (records of older runs name
+    none)."""
+    named = {f["model"] for d in variants.values() for f in d["fields"] if "model" in f}
+    if len(named) > 1:
+        raise SystemExit(f"error: the field records name several models: {sorted(named)}")
+    if named:
+        recorded = ROOT / next(iter(named))
+        if given is not None and recorded.resolve() != Path(given).resolve():
+            raise SystemExit(f"error: --model {given} but the fields were checked with {recorded}")
+        return recorded
+    return Path(given) if given is not None else MODEL
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from diffhmc.core.machine import machine_info
     from diffhmc.plots.inference import exact_comparison_figure
@@ -384,8 +406,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     if not variants:
         raise SystemExit(f"no results under {args.out / 'fields'}; run `check` first")
     primary = args.primary if args.primary in variants else next(iter(variants))
-    train_cfg = load_json(OUT / "config.json") if (OUT / "config.json").exists() else None
-    train_log = _train_log_summary(OUT / "log.csv")
+    model = _report_model(variants, args.model)
+    # the training record `export` copied beside the model (no prefix for the default one)
+    prefix = "" if model.resolve() == MODEL.resolve() else model.stem + "_"
+    cfg_path, log_path = OUT / f"{prefix}config.json", OUT / f"{prefix}log.csv"
+    train_cfg = load_json(cfg_path) if cfg_path.exists() else None
+    train_log = _train_log_summary(log_path)
     report = {
         "description": __doc__.splitlines()[0],
         "targets": {"mean_abs_shift_max": TARGET_SHIFT, "std_ratio_range": list(TARGET_RATIO)},
@@ -398,11 +424,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         "summary": {v: d["aggregate"] for v, d in variants.items()},
         "variants": variants,
         "held_out": _held_out_info(variants[primary]["fields"]),
-        "model": str(MODEL.relative_to(ROOT)),
+        "model": _rel(model),
+        "model_sha256": file_sha256(model) if model.exists() else None,
         "training": {
             "log": train_log,
             "config": train_cfg,
-            "val_eps_mse_vs_oracle": val_loss_vs_oracle(MODEL) if MODEL.exists() else None,
+            "val_eps_mse_vs_oracle": val_loss_vs_oracle(model) if model.exists() else None,
         },
         "family": family().to_dict(),
         "machine": machine_info(),
@@ -549,6 +576,13 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("report", help="report.json and report.png from the cached results")
     r.add_argument("--out", type=Path, default=OUT)
     r.add_argument("--primary", default="k20", help="variant whose targets are reported")
+    r.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the network `check --model` used (default: the one the field records name, "
+        "else the trained gaussian_model.pt)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command in ("check", "bound-gap") and not args.variant:
