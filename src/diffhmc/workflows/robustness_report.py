@@ -326,6 +326,20 @@ def paired_report(
     }
 
 
+def _comparison_cells(c: dict[str, Any], digits: int) -> list[str]:
+    """Table cells of one paired comparison (:func:`diffhmc.evaluation.paired.
+    compare_paired`): the difference [95%], sign p, verdict, family-wise verdict, Holm p
+    (a report without the family-wise reading repeats the per-comparison one)."""
+    lo, hi = c["paired_diff_ci"]
+    return [
+        f"{c['mean_diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]",
+        f"{c['sign_test_p']:.2g}",
+        c["verdict"],
+        c.get("verdict_family", c["verdict"]),
+        f"{c.get('sign_test_p_holm', c['sign_test_p']):.2g}",
+    ]
+
+
 def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
     """The paired table: per level and parameter, each method's mean |bias| (%) and 68%
     coverage [Wilson 95%], and against the reference method the |bias| difference with its
@@ -354,18 +368,7 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                 e = by_param[n][m]
                 cov = f"{e['coverage_68']:.2f} [{e['ci_68'][0]:.2f}, {e['ci_68'][1]:.2f}]"
                 vs = e.get(f"vs_{ref}")
-                cmp_cells = (
-                    [
-                        f"{vs['mean_diff']:+.1f} [{vs['paired_diff_ci'][0]:+.1f}, "
-                        f"{vs['paired_diff_ci'][1]:+.1f}]",
-                        f"{vs['sign_test_p']:.2g}",
-                        vs["verdict"],
-                        vs.get("verdict_family", vs["verdict"]),
-                        f"{vs.get('sign_test_p_holm', vs['sign_test_p']):.2g}",
-                    ]
-                    if vs
-                    else ["", "", "", "", ""]
-                )
+                cmp_cells = _comparison_cells(vs, 1) if vs else [""] * 5
                 lines.append(
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
                     f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
@@ -384,13 +387,8 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
             for n in names:
                 for m in others:
                     z = by_param[n][m][f"vs_{ref}"]["abs_z"]
-                    lo, hi = z["paired_diff_ci"]
-                    lines.append(
-                        f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {z['mean_diff']:+.2f} "
-                        f"[{lo:+.2f}, {hi:+.2f}] | {z['sign_test_p']:.2g} | {z['verdict']} | "
-                        f"{z.get('verdict_family', z['verdict'])} | "
-                        f"{z.get('sign_test_p_holm', z['sign_test_p']):.2g} |"
-                    )
+                    cells = [lv, n, METHOD_LABELS.get(m, m), *_comparison_cells(z, 2)]
+                    lines.append("| " + " | ".join(cells) + " |")
     ours_cols = [m for m in ("cnn", "cnn-noise", "dhmc", "dhmc-noise") if m in methods]
     lines += [
         "",
