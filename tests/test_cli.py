@@ -121,3 +121,29 @@ def test_inference_options_default_to_the_library_defaults() -> None:
     for key in ("antithetic", "timestep_draws", "locate_start"):
         assert got.get(key) == want.get(key), key
     assert got["nuts"]["n_chains"] == want["nuts"]["n_chains"]
+
+
+def test_help_states_each_default_once() -> None:
+    """Every subcommand's help names a default at most once per option, and never for a
+    required one (the formatter skips options whose help already says it)."""
+    import argparse
+    import re
+
+    from diffhmc.cli.main import build_parser
+
+    def helps(p: argparse.ArgumentParser) -> list[tuple[argparse.ArgumentParser, str]]:
+        out = [(p, re.sub(r"\s+", " ", p.format_help()))]
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    out += helps(sp)
+        return out
+
+    texts = helps(build_parser())
+    assert len(texts) > 10
+    for p, text in texts:
+        assert not re.search(r"\(default[^()]*\) \(default: ", text), p.prog
+        for a in p._actions:
+            if a.required and a.option_strings:
+                line = re.search(re.escape(a.option_strings[-1]) + r" [A-Z_0-9]+ ([^-]*)", text)
+                assert line and "(default: None)" not in line.group(1), (p.prog, a.dest)

@@ -9,6 +9,17 @@ from typing import Any
 EPILOG_FMT = "example:\n  {}"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it is required or its help already says what
+    the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def subparser(sub: Any, name: str, help_: str, example: str) -> argparse.ArgumentParser:
     """A subcommand whose help shows the defaults and one ``example`` command line."""
     return sub.add_parser(
@@ -16,7 +27,7 @@ def subparser(sub: Any, name: str, help_: str, example: str) -> argparse.Argumen
         help=help_,
         description=help_,
         epilog=EPILOG_FMT.format(example),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -319,8 +330,14 @@ def add_batch_args(
         "--workers",
         type=int,
         default=default_workers,
-        help="local worker processes (default: one per CPU core, at most one per map; "
-        "0: in this process, no Dask), or with --slurm the number of SLURM jobs (default 1)",
+        help="local worker processes ("
+        + (
+            "default: one per CPU core, at most one per map"
+            if default_workers is None
+            else f"default: {default_workers}"
+        )
+        + "; 0: in this process, no Dask), or with --slurm the number of SLURM jobs (none "
+        "given: 1)",
     )
     g.add_argument("--threads-per-worker", type=int, default=1, help="posteriors per worker")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="e.g. tcp://host:8786")

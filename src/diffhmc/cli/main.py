@@ -19,7 +19,7 @@ from typing import Any
 
 from diffhmc import __version__
 from diffhmc.cli import baseline, dataset, demo, infer, maps, robustness, train
-from diffhmc.cli.common import forget_run_dirs, remove_empty_run_dirs
+from diffhmc.cli.common import HelpFormatter, forget_run_dirs, remove_empty_run_dirs
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.machine import GLIBC_TUNABLES
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffhmc",
         description="Emulate 2D dark-matter maps and infer (Omega_m, sigma_8) from them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"diffhmc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
