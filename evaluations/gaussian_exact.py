@@ -124,12 +124,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     raise SystemExit(subprocess.call(cmd, cwd=ROOT))
 
 
+def training_record(model: Path) -> tuple[Path, Path] | None:
+    """Where ``export`` keeps a model's training record: ``(config.json, log.csv)`` in
+    :data:`OUT`, prefixed ``<stem>_`` except for the default :data:`MODEL`; ``None`` for a
+    model outside :data:`OUT` (its record lives with its own run)."""
+    model = Path(model).resolve()
+    if model.parent != OUT.resolve():
+        return None
+    prefix = "" if model == MODEL.resolve() else model.stem + "_"
+    return OUT / f"{prefix}config.json", OUT / f"{prefix}log.csv"
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     dst = export_for_inference(args.run / "checkpoints" / "last.pt", args.to)
-    prefix = "" if args.to == MODEL else args.to.stem + "_"
-    for name in ("log.csv", "config.json"):
-        shutil.copy2(args.run / name, OUT / (prefix + name))
+    record = training_record(args.to)
+    if record is not None:
+        for src, dst_path in zip(("config.json", "log.csv"), record, strict=True):
+            shutil.copy2(args.run / src, dst_path)
     print(f"exported {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
 
 
@@ -407,11 +419,22 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise SystemExit(f"no results under {args.out / 'fields'}; run `check` first")
     primary = args.primary if args.primary in variants else next(iter(variants))
     model = _report_model(variants, args.model)
-    # the training record `export` copied beside the model (no prefix for the default one)
-    prefix = "" if model.resolve() == MODEL.resolve() else model.stem + "_"
-    cfg_path, log_path = OUT / f"{prefix}config.json", OUT / f"{prefix}log.csv"
-    train_cfg = load_json(cfg_path) if cfg_path.exists() else None
-    train_log = _train_log_summary(log_path)
+    record = training_record(model)
+    cfg_path, log_path = record if record else (None, None)
+    train_cfg = load_json(cfg_path) if cfg_path and cfg_path.exists() else None
+    train_log = _train_log_summary(log_path) if log_path else None
+    script = "python evaluations/gaussian_exact.py"
+    where = "" if args.out.resolve() == OUT.resolve() else f" --out {_rel(args.out)}"
+    default = model.resolve() == MODEL.resolve()
+    with_model = "" if default else f" --model {_rel(model)}"
+    train = (
+        [f"{script} train", f"{script} export"]
+        if default
+        else [
+            f"{script} train --run RUN (its settings: training.config)",
+            f"{script} export --run RUN --to {_rel(model)}",
+        ]
+    )
     report = {
         "description": __doc__.splitlines()[0],
         "targets": {"mean_abs_shift_max": TARGET_SHIFT, "std_ratio_range": list(TARGET_RATIO)},
@@ -435,11 +458,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         "machine": machine_info(),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "commands": [
-            "python evaluations/gaussian_exact.py data",
-            "python evaluations/gaussian_exact.py train",
-            "python evaluations/gaussian_exact.py export",
-            "python evaluations/gaussian_exact.py check --variant " + " --variant ".join(variants),
-            "python evaluations/gaussian_exact.py report --primary " + primary,
+            f"{script} data",
+            *train,
+            f"{script} check --variant " + " --variant ".join(variants) + with_model + where,
+            f"{script} report --primary {primary}{with_model}{where}",
         ],
     }
     for gap in (args.out / "bound_gap_oracle.json", args.out / "bound_gap_oracle_6fields.json"):

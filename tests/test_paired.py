@@ -57,7 +57,7 @@ def test_holm_hand_values() -> None:
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert holm([0.2]) == [0.2] and holm([]) == []
-    with pytest.raises(DiffHMCError, match="p-values in"):
+    with pytest.raises(DiffHMCError, match=r"p-values in \[0, 1\], got \[1.5\]"):
         holm([0.1, 1.5])
 
 
@@ -67,8 +67,14 @@ def test_family_interval_is_wider_and_can_overturn_a_verdict() -> None:
     d = 0.35 + (e - e.mean()) / e.std()  # mean 0.35, sd 1: t = 2.5 on 50 maps
     one = compare_paired(d, np.zeros(50), seed=2)
     assert "paired_diff_ci_family" not in one  # one comparison: no family reading
-    fam = compare_paired(d, np.zeros(50), seed=2, family_size=30)
+    fam = compare_paired(d, np.zeros(50), seed=2, family_size=np.int64(30))
     assert fam["paired_diff_ci"] == one["paired_diff_ci"]
+    # exactly the Bonferroni level 1 - 0.05/30, from 50 resamples per tail at least
+    # (ceil(50 / (0.05/60)) = 60,000 resamples; another count draws other resamples)
+    ref = paired_bootstrap(d, np.zeros(50), n_boot=60000, level=1 - 0.05 / 30, seed=2)
+    assert fam["paired_diff_ci_family"] == pytest.approx(ref["ci"], rel=1e-12)
+    other = paired_bootstrap(d, np.zeros(50), n_boot=60001, level=1 - 0.05 / 30, seed=2)
+    assert fam["paired_diff_ci_family"] != other["ci"]
     lo, hi = fam["paired_diff_ci_family"]
     assert lo < fam["paired_diff_ci"][0] and hi > fam["paired_diff_ci"][1]
     # Bonferroni over 30: z = 3.14 instead of 1.96, so about 1.6x the half-width
@@ -138,7 +144,14 @@ def test_paired_report_keys_and_numbers() -> None:
     )
     assert vs["verdict_family"] == "better" and "paired_diff_ci_family" in vs["abs_z"]
     md = paired_markdown(rep, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
-    assert "4 such comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
+    assert "makes 4 comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
+    # a report from before the family-wise reading gets no family columns or paragraph
+    old = {k: v for k, v in rep.items() if k != "multiplicity"}
+    old_md = paired_markdown(old, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
+    assert (
+        "Holm" not in old_md
+        and "| sign p | verdict |\n|---|---|---|---|---|---|---|---|---|\n" in old_md
+    )
     z = rep["levels"]["0.05"]["sigma_8"]["dhmc"]["vs_cnn"]["abs_z"]
     assert f"| 0.05 | sigma_8 | Diffusion-HMC | {z['mean_diff']:+.2f} [" in md
     assert "| 0.05 | sigma_8 | Diffusion-HMC |" in md and "better" in md
@@ -158,5 +171,12 @@ def test_summary_figure_adds_the_paired_row() -> None:
     (line,) = [ln for ln in fig.axes[4].get_lines() if ln.get_marker() == "o"]
     diffs = [rep["levels"][lv]["Omega_m"]["dhmc"]["vs_cnn"]["mean_diff"] for lv in ("0", "0.05")]
     assert list(line.get_ydata()) == pytest.approx(diffs)
+    # thin bars: the family-wise intervals; thick bars: the per-comparison ones
+    thin, thick = fig.axes[4].containers[-2:]
+    for bars, key in ((thin, "paired_diff_ci_family"), (thick, "paired_diff_ci")):
+        ends = [sorted(seg[:, 1]) for seg in bars.lines[2][0].get_segments()]
+        want = [rep["levels"][lv]["Omega_m"]["dhmc"]["vs_cnn"][key] for lv in ("0", "0.05")]
+        assert np.allclose(ends, want)
+    assert thick.lines[2][0].get_linewidth()[0] > thin.lines[2][0].get_linewidth()[0]
     alone = paired_report(res, ["dhmc"], [0.0, 0.05], names, n_boot=500)
     assert len(robustness_summary_figure(alone, ["dhmc"], names).axes) == 4

@@ -11,11 +11,11 @@ EPILOG_FMT = "example:\n  {}"
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless it is required or its help already says what
-    the default is."""
+    the default is (with ``(default: ...)``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.required or "default" in text.lower():
+        if action.required or "(default:" in text:
             return text
         return super()._get_help_string(action)
 

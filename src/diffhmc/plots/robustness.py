@@ -53,11 +53,10 @@ def robustness_figure(
                 r = results[(m, lv)]
                 x = r["truth"][:, j] + (k - (len(methods) - 1) / 2) * shift
                 y = r["mean"][:, j]
-                err = np.stack([y - r["lo68"][:, j], r["hi68"][:, j] - y]).clip(min=0)
                 ax.errorbar(
                     x,
                     y,
-                    yerr=err,
+                    yerr=_yerr(y, r["lo68"][:, j], r["hi68"][:, j]),
                     fmt="o",
                     ms=3,
                     lw=1,
@@ -79,11 +78,16 @@ def robustness_figure(
     return fig
 
 
-def _yerr(y: np.ndarray, cis: Sequence[Sequence[float]]) -> np.ndarray:
-    """Error bars ``(2, N)`` (below, above ``y``) of intervals ``[lo, hi]``, clipped at 0."""
-    lo = np.array([c[0] for c in cis], dtype=np.float64)
-    hi = np.array([c[1] for c in cis], dtype=np.float64)
-    return np.stack([y - lo, hi - y]).clip(min=0)
+def _yerr(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Error bars ``(2, N)`` (below, above ``y (N,)``) of the intervals ``[lo, hi]``,
+    clipped at 0."""
+    return np.stack([y - np.asarray(lo), np.asarray(hi) - y]).clip(min=0)
+
+
+def _ends(cis: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo (N,), hi (N,))`` of ``N`` intervals ``[lo, hi]``."""
+    arr = np.asarray(cis, dtype=np.float64)
+    return arr[:, 0], arr[:, 1]
 
 
 def robustness_summary_figure(
@@ -118,14 +122,17 @@ def robustness_summary_figure(
                 (axes[1, j], "coverage_68", "ci_68"),
             ):
                 y = np.array([r[key] for r in rows])
-                ax.errorbar(x, y, yerr=_yerr(y, [r[ci] for r in rows]), fmt="o-", ms=3, lw=1,
-                            capsize=2, color=color, label=labels.get(m, m))  # fmt: skip
+                err = _yerr(y, *_ends([r[ci] for r in rows]))
+                ax.errorbar(x, y, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=color,
+                            label=labels.get(m, m))  # fmt: skip
             if paired and m != ref:
                 vs = [r[f"vs_{ref}"] for r in rows]
                 y = np.array([v["mean_diff"] for v in vs])
                 fam = [v.get("paired_diff_ci_family", v["paired_diff_ci"]) for v in vs]
-                axes[2, j].errorbar(x, y, yerr=_yerr(y, fam), fmt="none", lw=0.7, color=color)
-                axes[2, j].errorbar(x, y, yerr=_yerr(y, [v["paired_diff_ci"] for v in vs]),
+                axes[2, j].errorbar(
+                    x, y, yerr=_yerr(y, *_ends(fam)), fmt="none", lw=0.7, color=color
+                )
+                axes[2, j].errorbar(x, y, yerr=_yerr(y, *_ends([v["paired_diff_ci"] for v in vs])),
                                     fmt="o-", ms=3, lw=1, elinewidth=2.4, capsize=0,
                                     color=color)  # fmt: skip
         axes[0, j].set(title=name, ylabel="mean |bias| (%)", yscale="log")

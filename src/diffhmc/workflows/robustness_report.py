@@ -326,18 +326,22 @@ def paired_report(
     }
 
 
-def _comparison_cells(c: dict[str, Any], digits: int) -> list[str]:
+def _comparison_cells(c: dict[str, Any], digits: int, family: bool) -> list[str]:
     """Table cells of one paired comparison (:func:`diffhmc.evaluation.paired.
-    compare_paired`): the difference [95%], sign p, verdict, family-wise verdict, Holm p
-    (a report without the family-wise reading repeats the per-comparison one)."""
+    compare_paired`): the difference [95%], sign p, verdict and, with ``family``, the
+    family-wise verdict and Holm p (a family of one: the per-comparison ones)."""
     lo, hi = c["paired_diff_ci"]
-    return [
+    cells = [
         f"{c['mean_diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]",
         f"{c['sign_test_p']:.2g}",
         c["verdict"],
-        c.get("verdict_family", c["verdict"]),
-        f"{c.get('sign_test_p_holm', c['sign_test_p']):.2g}",
     ]
+    if family:
+        cells += [
+            c.get("verdict_family", c["verdict"]),
+            f"{c.get('sign_test_p_holm', c['sign_test_p']):.2g}",
+        ]
+    return cells
 
 
 def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
@@ -346,21 +350,30 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
     bootstrap interval, sign-test p and verdict (per comparison and family-wise); the same
     for |z|; then the paper's numbers beside ours."""
     ref = report["reference_method"]
+    lab = METHOD_LABELS.get(ref, ref)
     m_fam = report.get("multiplicity", {}).get("family_size", 0)
+    fam = m_fam >= 1  # a report without comparisons (or from before them) has no family
+    fam_head = " family-wise verdict | sign p (Holm) |" if fam else ""
     lines = [
-        f"Noise robustness on {report['n_maps']} test maps, paired against "
-        f"{METHOD_LABELS.get(ref, ref)} on the same maps and noise (bootstrap 95% intervals of "
-        "the mean difference in |bias|, percentage points; exact sign test).",
+        f"Noise robustness on {report['n_maps']} test maps, paired against {lab} on the same "
+        "maps and noise (bootstrap 95% intervals of the mean difference in |bias|, "
+        "percentage points; exact sign test).",
         "",
-        f"The table makes {m_fam} such comparisons: where no method differs from "
-        f'{METHOD_LABELS.get(ref, ref)}, about {0.05 * m_fam:.1f} verdicts other than "not '
-        'distinguishable" are expected by chance alone. The last two columns read the whole '
-        "family at 95%: the verdict of the Bonferroni interval (level 1 - 0.05/"
-        f"{max(m_fam, 1)}) and Holm's adjusted sign-test p.\n",
+    ]
+    if fam:
+        lines.append(
+            f"Each table below makes {m_fam} comparisons: where no method differed from {lab}, "
+            f'about {0.05 * m_fam:.1f} verdicts other than "not distinguishable" would be '
+            "expected per table by chance alone. The last two columns read each table as one "
+            f"family at 95%: the verdict of the Bonferroni interval (level 1 - 0.05/{m_fam}; "
+            "a percentile bootstrap, so approximate at these extreme quantiles) and Holm's "
+            "adjusted sign-test p (a test of the median sign, so it can disagree with the "
+            "interval, a test of the mean).\n"
+        )
+    lines += [
         "| noise (dex) | parameter | method | mean \\|bias\\| (%) | mean \\|z\\| | 68% coverage "
-        f"[95%] | \\|bias\\| - {METHOD_LABELS.get(ref, ref)} [95%] | sign p | verdict | "
-        "family-wise verdict | sign p (Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"[95%] | \\|bias\\| - {lab} [95%] | sign p | verdict |" + fam_head,
+        "|---" * (11 if fam else 9) + "|",
     ]
     for lv, by_param in report["levels"].items():
         for n in names:
@@ -368,26 +381,25 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                 e = by_param[n][m]
                 cov = f"{e['coverage_68']:.2f} [{e['ci_68'][0]:.2f}, {e['ci_68'][1]:.2f}]"
                 vs = e.get(f"vs_{ref}")
-                cmp_cells = _comparison_cells(vs, 1) if vs else [""] * 5
+                cmp_cells = _comparison_cells(vs, 1, fam) if vs else [""] * (5 if fam else 3)
                 lines.append(
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
                     f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
                 )
     others = [m for m in methods if m != ref]
-    if m_fam and others:
-        lab = METHOD_LABELS.get(ref, ref)
+    if ref in methods and others:  # then every other method has its vs_<ref> comparison
         lines += [
             "",
             f"### |z| against {lab} (the error in units of the method's own posterior std)\n",
-            f"| noise (dex) | parameter | method | \\|z\\| - {lab} [95%] | sign p | verdict | "
-            "family-wise verdict | sign p (Holm) |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| noise (dex) | parameter | method | \\|z\\| - {lab} [95%] | sign p | verdict |"
+            + fam_head,
+            "|---" * (8 if fam else 6) + "|",
         ]
         for lv, by_param in report["levels"].items():
             for n in names:
                 for m in others:
                     z = by_param[n][m][f"vs_{ref}"]["abs_z"]
-                    cells = [lv, n, METHOD_LABELS.get(m, m), *_comparison_cells(z, 2)]
+                    cells = [lv, n, METHOD_LABELS.get(m, m), *_comparison_cells(z, 2, fam)]
                     lines.append("| " + " | ".join(cells) + " |")
     ours_cols = [m for m in ("cnn", "cnn-noise", "dhmc", "dhmc-noise") if m in methods]
     lines += [
