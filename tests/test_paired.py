@@ -95,11 +95,11 @@ def test_paired_input_validation() -> None:
 
 
 def _fake_results(
-    n: int, rng: np.random.Generator
+    n: int, rng: np.random.Generator, scales: tuple = (("cnn", 0.05), ("dhmc", 0.01))
 ) -> dict[tuple[str, float], dict[str, np.ndarray]]:
     truth = np.c_[rng.uniform(0.1, 0.5, n), rng.uniform(0.6, 1.0, n)]
     out = {}
-    for m, scale in (("cnn", 0.05), ("dhmc", 0.01)):
+    for m, scale in scales:
         for lv in (0.0, 0.05):
             mean = truth * (1 + scale * rng.normal(size=truth.shape))
             std = np.full_like(truth, 0.01)
@@ -129,7 +129,8 @@ def test_paired_report_keys_and_numbers() -> None:
     assert vs["verdict"] == "better"  # 5x smaller errors on 60 maps
     assert "vs_cnn" not in cell["cnn"]
     # 2 levels x 2 parameters x 1 method: one family of 4 comparisons per score
-    assert rep["multiplicity"]["family_size"] == 4
+    assert rep["multiplicity"]["family_size"] == {"cnn": 4}
+    assert rep["compared"] == {"cnn": ["dhmc"]}
     ps = [
         rep["levels"][lv][n]["dhmc"]["vs_cnn"]
         for lv in ("0", "0.05")
@@ -144,7 +145,7 @@ def test_paired_report_keys_and_numbers() -> None:
     )
     assert vs["verdict_family"] == "better" and "paired_diff_ci_family" in vs["abs_z"]
     md = paired_markdown(rep, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
-    assert "makes 4 comparisons" in md and "family-wise verdict | sign p (Holm) |" in md
+    assert "against CNN, 4 per score" in md and "family-wise verdict | sign p (Holm) |" in md
     # a report from before the family-wise reading gets no family columns or paragraph
     old = {k: v for k, v in rep.items() if k != "multiplicity"}
     old_md = paired_markdown(old, ["cnn", "dhmc"], ["Omega_m", "sigma_8"])
@@ -180,3 +181,35 @@ def test_summary_figure_adds_the_paired_row() -> None:
     assert thick.lines[2][0].get_linewidth()[0] > thin.lines[2][0].get_linewidth()[0]
     alone = paired_report(res, ["dhmc"], [0.0, 0.05], names, n_boot=500)
     assert len(robustness_summary_figure(alone, ["dhmc"], names).axes) == 4
+
+
+def test_second_reference_is_its_own_family() -> None:
+    """Against the noise-augmented CNN too: every method but the two CNNs, its own family
+    (Holm within it), its own tables and figure row; the CNNs' pair is compared once."""
+    from diffhmc.plots.robustness import robustness_summary_figure
+
+    scales = (("cnn", 0.05), ("cnn-noise", 0.03), ("dhmc", 0.01))
+    res = _fake_results(40, np.random.default_rng(6), scales)
+    methods, names, levels = ["cnn", "cnn-noise", "dhmc"], ["Omega_m", "sigma_8"], [0.0, 0.05]
+    rep = paired_report(res, methods, levels, names, n_boot=500)
+    assert rep["compared"] == {"cnn": ["cnn-noise", "dhmc"], "cnn-noise": ["dhmc"]}
+    assert rep["multiplicity"]["family_size"] == {"cnn": 8, "cnn-noise": 4}
+    cell = rep["levels"]["0.05"]["Omega_m"]
+    assert "vs_cnn-noise" not in cell["cnn"] and "vs_cnn-noise" not in cell["cnn-noise"]
+    a = 100 * np.abs(res[("dhmc", 0.05)]["mean"][:, 0] - res[("dhmc", 0.05)]["truth"][:, 0])
+    b = 100 * np.abs(res[("cnn-noise", 0.05)]["mean"][:, 0] - res[("dhmc", 0.05)]["truth"][:, 0])
+    truth = res[("dhmc", 0.05)]["truth"][:, 0]
+    want = compare_paired(a / truth, b / truth, 500, 0, 4)
+    got = cell["dhmc"]["vs_cnn-noise"]
+    assert got["paired_diff_ci"] == want["paired_diff_ci"]
+    assert got["paired_diff_ci_family"] == want["paired_diff_ci_family"]
+    fam = [rep["levels"][f"{lv:g}"][n]["dhmc"]["vs_cnn-noise"] for lv in levels for n in names]
+    assert [c["sign_test_p_holm"] for c in fam] == pytest.approx(
+        holm([c["sign_test_p"] for c in fam])
+    )
+    md = paired_markdown(rep, methods, names)
+    assert "### |bias| against CNN, noise-augmented" in md
+    assert "### |z| against CNN, noise-augmented" in md and "4 per score" in md
+    fig = robustness_summary_figure(rep, methods, names)
+    assert len(fig.axes) == 8  # |bias|, coverage, minus the CNN, minus the augmented CNN
+    assert "noise" not in fig.axes[4].get_ylabel() and "cnn-noise" in fig.axes[6].get_ylabel()

@@ -98,17 +98,19 @@ def robustness_summary_figure(
 ) -> Figure:
     """Mean |bias| (%) and 68% coverage against the noise level, one column per parameter,
     one line per method, with their 95% intervals (bootstrap for |bias|, Wilson for
-    coverage); when the report has a reference method, a third row: each other method's
-    paired |bias| difference from it (percentage points; thick bar the 95% bootstrap
-    interval, thin bar the family-wise Bonferroni one), the reading the verdicts come from.
-    ``report`` as :func:`diffhmc.workflows.robustness_report.paired_report`."""
+    coverage); then one row per reference the report compares with (``report["compared"]``):
+    each compared method's paired |bias| difference from it (percentage points; thick bar
+    the 95% bootstrap interval, thin bar the family-wise Bonferroni one), the reading the
+    verdicts come from. ``report`` as
+    :func:`diffhmc.workflows.robustness_report.paired_report`."""
     labels = labels or {}
     levels = report["levels"]
     assert isinstance(levels, Mapping)
-    ref = str(report.get("reference_method", ""))
-    paired = ref in methods and len(methods) > 1
+    compared = report.get("compared") or {}
+    assert isinstance(compared, Mapping)
+    refs = [r for r, against in compared.items() if against]
     xs = [float(lv) for lv in levels]
-    n_rows = 3 if paired else 2
+    n_rows = 2 + len(refs)
     fig = Figure(figsize=(4.2 * len(names) + 0.5, 3.2 * n_rows))
     axes = fig.subplots(n_rows, len(names), squeeze=False)
     for j, name in enumerate(names):
@@ -125,27 +127,28 @@ def robustness_summary_figure(
                 err = _yerr(y, *_ends([r[ci] for r in rows]))
                 ax.errorbar(x, y, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=color,
                             label=labels.get(m, m))  # fmt: skip
-            if paired and m != ref:
+            for i, ref in enumerate(refs):
+                if m not in compared[ref]:
+                    continue
+                ax = axes[2 + i, j]
                 vs = [r[f"vs_{ref}"] for r in rows]
                 y = np.array([v["mean_diff"] for v in vs])
                 fam = [v.get("paired_diff_ci_family", v["paired_diff_ci"]) for v in vs]
-                axes[2, j].errorbar(
-                    x, y, yerr=_yerr(y, *_ends(fam)), fmt="none", lw=0.7, color=color
-                )
-                axes[2, j].errorbar(x, y, yerr=_yerr(y, *_ends([v["paired_diff_ci"] for v in vs])),
-                                    fmt="o-", ms=3, lw=1, elinewidth=2.4, capsize=0,
-                                    color=color)  # fmt: skip
+                ax.errorbar(x, y, yerr=_yerr(y, *_ends(fam)), fmt="none", lw=0.7, color=color)
+                ax.errorbar(x, y, yerr=_yerr(y, *_ends([v["paired_diff_ci"] for v in vs])),
+                            fmt="o-", ms=3, lw=1, elinewidth=2.4, capsize=0,
+                            color=color)  # fmt: skip
         axes[0, j].set(title=name, ylabel="mean |bias| (%)", yscale="log")
         axes[1, j].axhline(0.68, color="k", ls=":", lw=0.8)
         axes[1, j].set(ylabel="68% coverage", ylim=(0, 1))
-        if paired:
-            axes[2, j].axhline(0.0, color="k", ls=":", lw=0.8)
-            axes[2, j].set(ylabel=f"|bias| - {labels.get(ref, ref)} (points)")
+        for i, ref in enumerate(refs):
+            axes[2 + i, j].axhline(0.0, color="k", ls=":", lw=0.8)
+            axes[2 + i, j].set(ylabel=f"|bias| - {labels.get(ref, ref)} (points)")
         axes[-1, j].set(xlabel="noise std (dex on log10)")
     handles, labs = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labs, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
     title = f"Noise robustness, {report['n_maps']} maps (95% intervals"
-    title += "; paired: thick per comparison, thin family-wise)" if paired else ")"
+    title += "; paired: thick per comparison, thin family-wise)" if refs else ")"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 if n_rows == 2 else 0.035, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.1 / n_rows, 1, 1 - 0.06 / n_rows))
     return fig

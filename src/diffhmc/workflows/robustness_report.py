@@ -244,31 +244,47 @@ def per_map_scores(arr: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+REFERENCES = ("cnn", "cnn-noise")
+"""The methods every other one is compared with, in order: the CNN (the paper's baseline),
+then the noise-augmented CNN (the baseline a user with noisy maps would train). Against
+the k-th, every method that is not one of the first k."""
+
+
+def compared_with(methods: Sequence[str], references: Sequence[str]) -> dict[str, list[str]]:
+    """``{reference: [methods compared with it]}`` for the ``references`` among ``methods``,
+    in order; a method is compared with each earlier-listed reference that is not itself
+    (a pair of references is compared once, with the first)."""
+    refs = [r for r in references if r in methods]
+    return {r: [m for m in methods if m not in refs[: k + 1]] for k, r in enumerate(refs)}
+
+
 def paired_report(
     results: dict[tuple[str, float], dict[str, np.ndarray]],
     methods: Sequence[str],
     levels: Sequence[float],
     names: Sequence[str],
-    reference: str = "cnn",
+    references: Sequence[str] = REFERENCES,
     n_boot: int = 10000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per level, parameter and method: ``mean_abs_bias_pct`` (with a bootstrap 95%
-    ``mean_abs_bias_pct_ci``), ``mean_abs_z``,
-    ``coverage_68`` with ``ci_68`` (Wilson 95%); and for each method other than
-    ``reference``, ``vs_<reference>``: the paired difference of ``|bias|`` (``paired_diff_ci``,
-    ``sign_test_p``, ``verdict``) and of ``|z|`` (``abs_z``), over the same maps
-    (:mod:`diffhmc.evaluation.paired`). The ``m`` comparisons of a score (every level,
-    parameter and method) are one family: each also carries the Bonferroni interval
+    ``mean_abs_bias_pct_ci``), ``mean_abs_z``, ``coverage_68`` with ``ci_68`` (Wilson 95%);
+    and for each reference it is compared with (:func:`compared_with`), ``vs_<reference>``:
+    the paired difference of ``|bias|`` (``paired_diff_ci``, ``sign_test_p``, ``verdict``)
+    and of ``|z|`` (``abs_z``), over the same maps (:mod:`diffhmc.evaluation.paired`).
+
+    The comparisons of one score with one reference (every level, parameter and method:
+    ``m = L x P x M_ref``) are one family: each also carries the Bonferroni interval
     ``paired_diff_ci_family`` with ``verdict_family`` and the Holm-adjusted
-    ``sign_test_p_holm``, and ``multiplicity`` says so. ``results`` as :func:`load_results`."""
+    ``sign_test_p_holm``; ``multiplicity["family_size"]`` gives ``m`` per reference.
+    ``results`` as :func:`load_results`."""
     from diffhmc.evaluation.metrics import rate_with_interval
     from diffhmc.evaluation.paired import compare_paired, holm, paired_bootstrap
 
+    against = compared_with(methods, references)
+    family = {r: len(levels) * len(names) * len(ms) for r, ms in against.items()}
     out: dict[str, Any] = {}
     n_maps = None
-    others = [m for m in methods if m != reference]
-    family = len(levels) * len(names) * len(others) if reference in methods else 0
     for lv in levels:
         by_param: dict[str, Any] = {}
         scores = {m: per_map_scores(results[(m, lv)]) for m in methods}
@@ -288,39 +304,43 @@ def paired_report(
                     "coverage_68": cov["rate"],
                     "ci_68": cov["wilson95"],
                 }
-                if m != reference and reference in scores:
-                    ref = scores[reference]
-                    bias = compare_paired(
-                        sc["abs_bias_pct"][:, j], ref["abs_bias_pct"][:, j], n_boot, seed, family
-                    )
-                    entry[f"vs_{reference}"] = {
-                        **bias,
+                for r, ms in against.items():
+                    if m not in ms:
+                        continue
+                    a, b = sc, scores[r]
+                    entry[f"vs_{r}"] = {
+                        **compare_paired(
+                            a["abs_bias_pct"][:, j],
+                            b["abs_bias_pct"][:, j],
+                            n_boot,
+                            seed,
+                            family[r],
+                        ),
                         "abs_z": compare_paired(
-                            sc["abs_z"][:, j], ref["abs_z"][:, j], n_boot, seed, family
+                            a["abs_z"][:, j], b["abs_z"][:, j], n_boot, seed, family[r]
                         ),
                     }
                 cell[m] = entry
             by_param[name] = cell
         out[f"{lv:g}"] = by_param
-    comparisons = (
-        [out[f"{lv:g}"][n][m][f"vs_{reference}"] for lv in levels for n in names for m in others]
-        if family
-        else []
-    )
-    for fam in (comparisons, [c["abs_z"] for c in comparisons]):
-        for c, p in zip(fam, holm([c["sign_test_p"] for c in fam]), strict=True):
-            c["sign_test_p_holm"] = p
+    for r, ms in against.items():
+        comparisons = [out[f"{lv:g}"][n][m][f"vs_{r}"] for lv in levels for n in names for m in ms]
+        for fam in (comparisons, [c["abs_z"] for c in comparisons]):
+            for c, p in zip(fam, holm([c["sign_test_p"] for c in fam]), strict=True):
+                c["sign_test_p_holm"] = p
     multiplicity = {
         "family_size": family,
-        "family": "every level x parameter x method compared with the reference, per score "
-        "(|bias| and |z| each)",
+        "family": "per reference and score (|bias|, |z|): every level x parameter x method "
+        "compared with that reference",
         "interval": "paired_diff_ci_family: percentile bootstrap at level 1 - 0.05/family_size "
         "(Bonferroni)",
         "p_value": "sign_test_p_holm: Holm step-down over the family's sign-test p-values",
     }
     return {
         "n_maps": n_maps,
-        "reference_method": reference,
+        "reference_method": next(iter(against), references[0] if references else None),
+        "references": list(against),
+        "compared": against,
         "multiplicity": multiplicity,
         "levels": out,
     }
@@ -344,35 +364,75 @@ def _comparison_cells(c: dict[str, Any], digits: int, family: bool) -> list[str]
     return cells
 
 
-def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
-    """The paired table: per level and parameter, each method's mean |bias| (%) and 68%
-    coverage [Wilson 95%], and against the reference method the |bias| difference with its
-    bootstrap interval, sign-test p and verdict (per comparison and family-wise); the same
-    for |z|; then the paper's numbers beside ours."""
-    ref = report["reference_method"]
+_FAMILY_HEAD = " family-wise verdict | sign p (Holm) |"
+
+
+def _comparison_table(
+    report: dict[str, Any], ref: str, against: Sequence[str], names: Sequence[str], score: str
+) -> list[str]:
+    """Markdown lines of one score's (``"abs_bias_pct"`` or ``"abs_z"``) comparisons of the
+    methods ``against`` with ``ref``: per level and parameter, the difference [95%], sign p,
+    verdict and, when the report has the family, the family-wise readings."""
     lab = METHOD_LABELS.get(ref, ref)
-    m_fam = report.get("multiplicity", {}).get("family_size", 0)
-    fam = m_fam >= 1  # a report without comparisons (or from before them) has no family
-    fam_head = " family-wise verdict | sign p (Holm) |" if fam else ""
+    fam = report.get("multiplicity", {}).get("family_size", {}).get(ref, 0) >= 1
+    z = score == "abs_z"
+    title = (
+        f"|z| against {lab} (the error in units of the method's own posterior std)"
+        if z
+        else f"|bias| against {lab} (percentage points)"
+    )
+    col = f"\\|z\\| - {lab}" if z else f"\\|bias\\| - {lab}"
     lines = [
-        f"Noise robustness on {report['n_maps']} test maps, paired against {lab} on the same "
-        "maps and noise (bootstrap 95% intervals of the mean difference in |bias|, "
-        "percentage points; exact sign test).",
+        "",
+        f"### {title}\n",
+        f"| noise (dex) | parameter | method | {col} [95%] | sign p | verdict |"
+        + (_FAMILY_HEAD if fam else ""),
+        "|---" * (8 if fam else 6) + "|",
+    ]
+    for lv, by_param in report["levels"].items():
+        for n in names:
+            for m in against:
+                c = by_param[n][m][f"vs_{ref}"]
+                c = c["abs_z"] if z else c
+                cells = [lv, n, METHOD_LABELS.get(m, m), *_comparison_cells(c, 2 if z else 1, fam)]
+                lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Sequence[str]) -> str:
+    """The paired tables: per level and parameter, each method's mean |bias| (%), mean |z|
+    and 68% coverage [Wilson 95%] with its |bias| difference from the first reference
+    (bootstrap interval, sign-test p, verdict, per comparison and family-wise); then the
+    |z| differences, and both scores against each further reference; then the paper's
+    numbers beside ours."""
+    ref = report["reference_method"]
+    compared: dict[str, list[str]] = report.get("compared", {})
+    sizes: dict[str, int] = report.get("multiplicity", {}).get("family_size", {})
+    lab = METHOD_LABELS.get(ref, ref)
+    fam = sizes.get(ref, 0) >= 1  # a report without comparisons (or from before them)
+    lines = [
+        f"Noise robustness on {report['n_maps']} test maps, paired against "
+        + " and against ".join(METHOD_LABELS.get(r, r) for r in compared or [ref])
+        + " on the same maps and noise (bootstrap 95% intervals of the mean paired "
+        "difference; exact sign test).",
         "",
     ]
     if fam:
+        counts = "; ".join(
+            f"against {METHOD_LABELS.get(r, r)}, {sizes[r]} per score" for r in compared
+        )
         lines.append(
-            f"Each table below makes {m_fam} comparisons: where no method differed from {lab}, "
-            f'about {0.05 * m_fam:.1f} verdicts other than "not distinguishable" would be '
-            "expected per table by chance alone. The last two columns read each table as one "
-            f"family at 95%: the verdict of the Bonferroni interval (level 1 - 0.05/{m_fam}; "
-            "a percentile bootstrap, so approximate at these extreme quantiles) and Holm's "
+            f"Each comparison table is one family ({counts}): where no method differed from "
+            f"the reference, about 5% of a table's verdicts would be other than \"not "
+            'distinguishable" by chance alone. The last two columns read each table as one '
+            "family at 95%: the verdict of the Bonferroni interval (level 1 - 0.05/m; a "
+            "percentile bootstrap, so approximate at these extreme quantiles) and Holm's "
             "adjusted sign-test p (a test of the median sign, so it can disagree with the "
             "interval, a test of the mean).\n"
         )
     lines += [
         "| noise (dex) | parameter | method | mean \\|bias\\| (%) | mean \\|z\\| | 68% coverage "
-        f"[95%] | \\|bias\\| - {lab} [95%] | sign p | verdict |" + fam_head,
+        f"[95%] | \\|bias\\| - {lab} [95%] | sign p | verdict |" + (_FAMILY_HEAD if fam else ""),
         "|---" * (11 if fam else 9) + "|",
     ]
     for lv, by_param in report["levels"].items():
@@ -386,21 +446,11 @@ def paired_markdown(report: dict[str, Any], methods: Sequence[str], names: Seque
                     f"| {lv} | {n} | {METHOD_LABELS.get(m, m)} | {e['mean_abs_bias_pct']:.1f} | "
                     f"{e['mean_abs_z']:.2f} | {cov} | " + " | ".join(cmp_cells) + " |"
                 )
-    others = [m for m in methods if m != ref]
-    if ref in methods and others:  # then every other method has its vs_<ref> comparison
-        lines += [
-            "",
-            f"### |z| against {lab} (the error in units of the method's own posterior std)\n",
-            f"| noise (dex) | parameter | method | \\|z\\| - {lab} [95%] | sign p | verdict |"
-            + fam_head,
-            "|---" * (8 if fam else 6) + "|",
-        ]
-        for lv, by_param in report["levels"].items():
-            for n in names:
-                for m in others:
-                    z = by_param[n][m][f"vs_{ref}"]["abs_z"]
-                    cells = [lv, n, METHOD_LABELS.get(m, m), *_comparison_cells(z, 2, fam)]
-                    lines.append("| " + " | ".join(cells) + " |")
+    for r, against in compared.items():
+        if against:
+            if r != ref:
+                lines += _comparison_table(report, r, against, names, "abs_bias_pct")
+            lines += _comparison_table(report, r, against, names, "abs_z")
     ours_cols = [m for m in ("cnn", "cnn-noise", "dhmc", "dhmc-noise") if m in methods]
     lines += [
         "",
