@@ -26,8 +26,10 @@ refused once a report exists; the next ``--run`` predicts it on the same noisy m
 ``--run`` and the amendments hold a lock on the study's folder, so an amendment never lands
 while a run is going and two runs never share the posteriors.
 ``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
-paired_report`) over the maps finished for every method and level, with ``complete``
-saying whether all registered maps are in; a finished ``--run`` writes it too.
+paired_report`) once every registered map is finished for every method and level; a
+finished ``--run`` writes it too. Before that it refuses: a look at a partial study is a
+comparison read, so ``--report --partial`` (which writes it over the finished maps, with
+``complete: false``) also closes the study to amendments.
 """
 
 from __future__ import annotations
@@ -207,8 +209,9 @@ def run(workers: int, threads: int, device: str) -> None:
     report()
 
 
-def report() -> dict[str, Any]:
-    """The paired report over the maps finished for every method and level."""
+def report(partial: bool = False) -> dict[str, Any]:
+    """The paired report over the maps finished for every method and level: all registered
+    maps, or with ``partial`` those finished so far (module docstring)."""
     from diffhmc.emulator.checkpoint import read_checkpoint, resolve_model
 
     reg = load_json(OUT / "registration.json")
@@ -229,6 +232,12 @@ def report() -> dict[str, Any]:
             f"error: {len(done)} maps finished for every method and level; the report needs "
             f"at least 2 (results per method: {counts}; `--run` makes the missing ones)"
         )
+    if len(done) < len(picks) and not partial:
+        raise SystemExit(
+            f"error: {len(done)} of {len(picks)} registered maps are finished for every method "
+            "and level; the report waits for all of them (`--run` resumes the study; "
+            "`--report --partial` reads the finished ones, which closes it to amendments)"
+        )
     names = list(read_checkpoint(resolve_model(None))["param_space"]["names"])
     seconds = []
     for r, s in done:
@@ -246,7 +255,8 @@ def report() -> dict[str, Any]:
         "amendments": amendments(),
         "model_sha256": reg["model_sha256"],
         "seconds_per_posterior_median": statistics.median(seconds) if seconds else None,
-        "command": "python evaluations/robustness_fresh.py --report",
+        "command": "python evaluations/robustness_fresh.py --report"
+        + (" --partial" if partial else ""),
         "machine": machine_info(),
     }
     rep = write_paired(OUT, load_results(OUT, cfg, done), cfg, names, extra)
@@ -259,6 +269,9 @@ def main() -> None:
     ap.add_argument("--register", action="store_true")
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument(
+        "--partial", action="store_true", help="with --report: report an unfinished study"
+    )
     ap.add_argument("--amend-baseline", choices=tuple(SHIPPED), default=None)
     ap.add_argument("--amend-add-method", choices=tuple(SHIPPED), default=None)
     ap.add_argument("--reason", default="", help="why (with an amendment)")
@@ -284,7 +297,7 @@ def main() -> None:
             if args.run:
                 run(args.workers, args.threads, args.device)
             if args.report:
-                report()
+                report(partial=args.partial)
     except DiffHMCError as e:
         raise SystemExit(f"error: {e}") from None
 
