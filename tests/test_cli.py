@@ -155,3 +155,21 @@ def test_help_states_each_default_once() -> None:
                 # gets its real default shown
                 assert "%(default)s" in shown, (p.prog, a.dest, shown)
     assert n_required >= 3
+
+
+def test_sample_and_demo_pass_every_option_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--clip reaches the sampler (0: no clipping) and demo's --device reaches the model."""
+    import diffhmc.workflows.demo as demo_wf
+    import diffhmc.workflows.maps as maps_wf
+    from diffhmc.cli.main import main
+
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(maps_wf, "sample_to_folder", lambda *a, **k: seen.setdefault("s", k))
+    monkeypatch.setattr(demo_wf, "inference_demo", lambda *a, **k: seen.setdefault("d", k))
+    args = ["sample", "--omega-m", "0.3", "--sigma-8", "0.8", "--out", str(tmp_path / "s")]
+    assert main([*args, "--clip", "0"]) == 0 and seen.pop("s")["clip"] is None
+    assert main([*args, "--clip", "2.5"]) == 0 and seen.pop("s")["clip"] == 2.5
+    assert main(["demo", "--device", "meta", "--out", str(tmp_path / "d")]) == 0
+    assert seen["d"]["device"] == "meta"

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     p = subparser(
         sub,
         "baseline",
-        "Baselines beside Diffusion-HMC: a CNN moment network and power-spectrum NPE.",
+        "Baselines beside Diffusion-HMC: a CNN moment network (also shipped trained on noisy "
+        "maps, cnn-noise) and power-spectrum NPE.",
         "diffhmc baseline predict --model cnn --dataset data/pm64 --split test --n 100",
     )
     bsub = p.add_subparsers(dest="baseline_command", required=True)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from diffhmc.simulation.simulator import PRESETS
+
 EPILOG_FMT = "example:\n  {}"
 
 
@@ -65,8 +67,9 @@ def add_sim_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="named simulator settings to start from (default, converged, ...); "
-        "--config and --set apply on top",
+        help="named simulator settings to start from ("
+        + ", ".join(sorted(PRESETS))
+        + "); --config and --set apply on top",
     )
 
 
@@ -332,7 +335,7 @@ def add_batch_args(
         default=default_workers,
         help="local worker processes ("
         + (
-            "default: one per CPU core, at most one per map"
+            "default: one per --threads-per-worker CPU cores, at most one per map"
             if default_workers is None
             else f"default: {default_workers}"
         )

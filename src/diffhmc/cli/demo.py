@@ -75,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         allow_out_of_range=args.allow_out_of_range,
         ppc=ppc,
+        device=args.device,
     )
     return 0

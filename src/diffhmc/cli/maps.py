@@ -114,6 +114,7 @@ def run_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         use_ema=not args.no_ema,
         device=args.device,
+        clip=args.clip if args.clip > 0 else None,
     )
     return 0
 

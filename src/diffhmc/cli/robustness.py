@@ -25,9 +25,11 @@ def register(sub: Any) -> None:
         "the CNN and NPE baselines, Diffusion-HMC (noise ignored) and noise-aware "
         "Diffusion-HMC; writes per-map results (resumable: rerun to continue, or to add "
         "methods, levels or maps), table.json/.csv/.md (mean |bias| in percent, RMSE, |z|, "
-        "coverage of the 68 and 95 percent intervals) and robustness.png. Cost: about "
-        "N (2 L - 1) Diffusion-HMC posteriors for L levels, 1-3 min each on one CPU core "
-        "(fewer with --timesteps, --warmup, --samples); the baselines take seconds.",
+        "coverage of the 68 and 95 percent intervals) and robustness.png; with the CNN among "
+        "the methods, the paired report against it and the noise-augmented CNN (report.json, "
+        "paired.md, robustness_summary.png). Cost: about N (2 L - 1) Diffusion-HMC "
+        "posteriors for L levels, 2-4 min each at the defaults on one CPU core (median 3, up "
+        "to 9; less with --timesteps, --warmup, --samples); the baselines take seconds.",
         "diffhmc robustness --dataset data/pm64 --n 10 --levels 0 0.01 0.02 0.05 --out runs/robust",
     )
     p.add_argument("--dataset", type=Path, default=Path("data/pm64"), help="dataset folder")

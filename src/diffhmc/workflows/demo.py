@@ -46,6 +46,7 @@ def inference_demo(
     reference: Path | None = None,
     allow_out_of_range: bool = False,
     ppc: PPCConfig | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The main job: simulate a new map at a seeded cosmology, infer its parameters with the
     shipped model (Diffusion-HMC), print the posterior against the truth, and save the map,
@@ -55,7 +56,8 @@ def inference_demo(
     the shipped one; :mod:`diffhmc.inference.input_check`) before anything is written:
     other simulator settings can make it unlike the training maps. ``ppc``: a
     posterior-predictive check of the posterior (:mod:`diffhmc.workflows.ppc`; ``None``:
-    none): ``ppc`` in ``posterior/summary.json``, ``posterior/ppc.png``, one printed line."""
+    none): ``ppc`` in ``posterior/summary.json``, ``posterior/ppc.png``, one printed line.
+    ``device``: where the network runs (the simulation runs on the CPU)."""
     import torch
 
     from diffhmc.emulator.checkpoint import load_model
@@ -63,7 +65,7 @@ def inference_demo(
     from diffhmc.workflows.maps import emulate
 
     cfg = cfg or InferenceConfig()
-    model = load_model(model_path)
+    model = load_model(model_path, device=device)
     screen = input_screen(model, reference, allow_out_of_range)
     rng = np.random.default_rng(seed)
     low, high = model.space.low, model.space.high
