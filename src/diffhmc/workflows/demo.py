@@ -100,8 +100,10 @@ def inference_demo(
         log(line)
     report_ppc(record, log)
     mean = np.array([post.summary["parameters"][n]["mean"] for n in names])
-    theta = torch.tensor(model.space.normalize(mean), dtype=torch.float32).expand(n_emulated, -1)
-    gen = torch.Generator().manual_seed(seed)
+    net_device = next(model.net.parameters()).device
+    theta = torch.tensor(model.space.normalize(mean), dtype=torch.float32, device=net_device)
+    theta = theta.expand(n_emulated, -1)
+    gen = torch.Generator().manual_seed(seed)  # CPU noise, moved: the same maps on any device
     em = emulate(model, theta.contiguous(), "ddim", 50, gen)
     save_npy(out / "emulated_at_posterior_mean.npy", em.astype(np.float32))
     titles = ["observed"] + [f"emulated {i}" for i in range(n_emulated)]
