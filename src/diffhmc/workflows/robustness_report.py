@@ -252,8 +252,12 @@ the k-th, every method that is not one of the first k."""
 
 def compared_with(methods: Sequence[str], references: Sequence[str]) -> dict[str, list[str]]:
     """``{reference: [methods compared with it]}`` for the ``references`` among ``methods``,
-    in order; a method is compared with each earlier-listed reference that is not itself
-    (a pair of references is compared once, with the first)."""
+    in order: against the k-th of them, every method except the first k (so two references
+    are compared once, in the first one's table).
+
+    >>> compared_with(["cnn", "npe", "cnn-noise", "dhmc"], ("cnn", "cnn-noise"))
+    {'cnn': ['npe', 'cnn-noise', 'dhmc'], 'cnn-noise': ['npe', 'dhmc']}
+    """
     refs = [r for r in references if r in methods]
     return {r: [m for m in methods if m not in refs[: k + 1]] for k, r in enumerate(refs)}
 
