@@ -50,6 +50,7 @@ from diffhmc.core.fileio import exclusive_lock, file_sha256, load_json, save_jso
 from diffhmc.core.machine import machine_info
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.workflows.robustness_report import (
+    DHMC_METHODS,
     RobustnessConfig,
     load_results,
     result_path,
@@ -241,7 +242,7 @@ def report(partial: bool = False) -> dict[str, Any]:
     names = list(read_checkpoint(resolve_model(None))["param_space"]["names"])
     seconds = []
     for r, s in done:
-        for m in ("dhmc", "dhmc-noise"):
+        for m in (m for m in cfg.methods if m in DHMC_METHODS):
             for lv in cfg.levels:
                 sec = load_json(result_path(OUT, m, lv, r, s)).get("seconds")
                 if sec is not None and not (m == "dhmc-noise" and lv == 0.0):
