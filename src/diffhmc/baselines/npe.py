@@ -122,6 +122,7 @@ class FeatureScaler:
 
     @classmethod
     def fit(cls, feats: np.ndarray) -> FeatureScaler:
+        """Per-feature mean and std of ``feats (N, F)`` (a constant feature gets std 1)."""
         sd = feats.std(axis=0)
         sd = np.where(sd > 1e-12, sd, 1.0)
         return cls(tuple(float(v) for v in feats.mean(axis=0)), tuple(float(v) for v in sd))

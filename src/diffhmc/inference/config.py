@@ -205,6 +205,7 @@ class InferenceConfig:
         return w
 
     def timestep_list(self) -> list[int]:
+        """The bound's distinct timesteps: ``timesteps``, or ``0 .. n_timesteps - 1``."""
         return list(self.timesteps) if self.timesteps is not None else list(range(self.n_timesteps))
 
     def terms(self) -> tuple[list[int], list[float] | None]:

@@ -109,6 +109,9 @@ def write_outputs(
     names: Sequence[str],
     picks: Sequence[tuple[int, int]],
 ) -> None:
+    """Write ``table`` as ``table.json``, ``table.csv`` and ``table.md``, the predicted-vs-
+    true figure ``robustness.png`` and, with the CNN among at least 2 maps' methods, the
+    paired report (:func:`write_paired`) into ``out``."""
     from diffhmc.plots.robustness import robustness_figure
 
     save_json(out / "table.json", {**table, "package_version": __version__})
@@ -213,10 +216,13 @@ class RobustnessConfig:
 
 
 def level_dir(level: float) -> str:
+    """The folder name of a noise level (``level_0.05``)."""
     return f"level_{level:g}"
 
 
 def result_path(out: Path, method: str, level: float, row: int, sim: int) -> Path:
+    """Where one ``method x level x map`` result lives (the map: dataset ``row`` of
+    simulation ``sim``)."""
     return out / "results" / method / level_dir(level) / f"sim{sim:04d}_row{row:06d}.json"
 
 
