@@ -110,7 +110,7 @@ def write_outputs(
     picks: Sequence[tuple[int, int]],
 ) -> None:
     """Write ``table`` as ``table.json``, ``table.csv`` and ``table.md``, the predicted-vs-
-    true figure ``robustness.png`` and, with the CNN among at least 2 maps' methods, the
+    true figure ``robustness.png`` and, when the CNN is a method and there are 2 maps or more, the
     paired report (:func:`write_paired`) into ``out``."""
     from diffhmc.plots.robustness import robustness_figure
 
