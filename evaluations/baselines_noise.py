@@ -27,12 +27,8 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import file_sha256, load_json
 from diffhmc.core.machine import machine_info
 from diffhmc.workflows.robustness import load_methods, run_robustness
-from diffhmc.workflows.robustness_report import (
-    BASELINE_METHODS,
-    RobustnessConfig,
-    load_results,
-    write_paired,
-)
+from diffhmc.workflows.robustness_paired import write_paired
+from diffhmc.workflows.robustness_report import BASELINE_METHODS, RobustnessConfig, load_results
 
 OUT = Path(__file__).parent / "results" / "baselines" / "noise_test"
 

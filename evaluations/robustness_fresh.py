@@ -25,7 +25,7 @@ was added after registration (the shipped ``models/cnn-noise.pt`` and its SHA-25
 refused once a report exists; the next ``--run`` predicts it on the same noisy maps.
 ``--run`` and the amendments hold a lock on the study's folder, so an amendment never lands
 while a run is going and two runs never share the posteriors.
-``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_report.
+``--report`` writes the paired report (:func:`diffhmc.workflows.robustness_paired.
 paired_report`) once every registered map is finished for every method and level; a
 finished ``--run`` writes it too. Before that it refuses: a look at a partial study is a
 comparison read, so ``--report --partial`` (which writes it over the finished maps, with
@@ -49,12 +49,12 @@ from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import exclusive_lock, file_sha256, load_json, save_json
 from diffhmc.core.machine import machine_info
 from diffhmc.inference.config import InferenceConfig
+from diffhmc.workflows.robustness_paired import write_paired
 from diffhmc.workflows.robustness_report import (
     DHMC_METHODS,
     RobustnessConfig,
     load_results,
     result_path,
-    write_paired,
 )
 
 OUT = Path(__file__).parent / "results" / "robustness_v3"

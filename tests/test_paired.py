@@ -17,7 +17,7 @@ from diffhmc.evaluation.paired import (
     sign_test,
     verdict,
 )
-from diffhmc.workflows.robustness_report import paired_markdown, paired_report
+from diffhmc.workflows.robustness_paired import paired_markdown, paired_report
 
 
 def test_sign_test_exact_values() -> None:

@@ -102,7 +102,7 @@ def robustness_summary_figure(
     each compared method's paired |bias| difference from it (percentage points; thick bar
     the 95% bootstrap interval, thin bar the family-wise Bonferroni one), the reading the
     verdicts come from. ``report`` as
-    :func:`diffhmc.workflows.robustness_report.paired_report`."""
+    :func:`diffhmc.workflows.robustness_paired.paired_report`."""
     labels = labels or {}
     levels = report["levels"]
     assert isinstance(levels, Mapping)
