@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffhmc.batch.spec import ClusterSpec, slurm_cluster
+from diffhmc.batch.spec import ClusterSpec, slurm_cluster, worker_environ
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import save_json
 from diffhmc.core.runs import Log
@@ -97,13 +97,18 @@ def open_client(spec: ClusterSpec, n_jobs: int | None = None) -> Iterator[Any]:
             client.close()
         return
     if spec.mode == "local":
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=spec.threads_per_worker,
-            processes=True,
-            dashboard_address=None,
-            memory_limit=spec.memory_limit,
-        )
+        import dask
+
+        # set in each worker before it starts (batch.spec.worker_environ)
+        env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_environ().items()}
+        with dask.config.set(env):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=spec.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=spec.memory_limit,
+            )
     else:
         cluster = slurm_cluster(spec.slurm, spec.threads_per_worker)
         cluster.scale(jobs=n)
