@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from diffhmc.batch.cluster import Job, run_jobs
-from diffhmc.batch.spec import ClusterSpec, SlurmSpec, slurm_cluster
+from diffhmc.batch.spec import ClusterSpec, SlurmSpec, slurm_cluster, worker_environ
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
@@ -274,6 +274,11 @@ def test_slurm_job_script_without_submitting() -> None:
         assert directive in lines, (directive, script)
     assert "#SBATCH --mem=15G" in lines, script  # 16 GB = 14.9 GiB
     assert "source /opt/diffhmc/.venv/bin/activate" in lines
+    # the workers start with the malloc settings (batch.spec.worker_environ)
+    tunables = worker_environ()["GLIBC_TUNABLES"]
+    assert lines.index(f"export GLIBC_TUNABLES='{tunables}'") < lines.index(
+        "source /opt/diffhmc/.venv/bin/activate"
+    )
     worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
     assert "--nworkers 2" in worker and "--nthreads=1" in worker
     assert cluster.scheduler_address in worker
@@ -332,3 +337,27 @@ def test_cli_batch_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     np.save(tmp_path / "m.npy", np.ones((16, 16), dtype=np.float32))
     assert main(["infer", str(tmp_path / "m.npy"), "--workers", "2"]) == 2
     assert "apply to --dataset batches" in capsys.readouterr().err
+
+
+def test_worker_environ_sets_one_arena_and_keeps_the_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers get the malloc thresholds and one arena; a caller's own GLIBC_TUNABLES is kept
+    (with one arena added unless it sets arena_max); and the dask setting open_client uses
+    reaches what a nanny sets before it spawns its worker."""
+    import dask
+    from distributed.nanny import _get_env_variables
+
+    from diffhmc.core.machine import GLIBC_TUNABLES
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    env = worker_environ()
+    assert env["GLIBC_TUNABLES"] == f"{GLIBC_TUNABLES}:glibc.malloc.arena_max=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
+    assert worker_environ()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=4"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+    assert worker_environ()["GLIBC_TUNABLES"].endswith(":glibc.malloc.arena_max=1")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    key = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({f"{key}.{k}": v for k, v in env.items()}):
+        assert _get_env_variables(key)["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"]
