@@ -10,6 +10,12 @@ the README quotes come from a committed output:
         evaluations/results/calibration_val_k20
     -> evaluations/results/posterior_costs.json
 
+``--before REV`` / ``--after REV`` keep only the posteriors already committed at git revision
+``REV`` / added after it (e.g. to compare a run's costs across a change made while it ran):
+
+    python evaluations/posterior_costs.py evaluations/results/robustness_v3/posteriors \
+        --before REV --out evaluations/results/posterior_costs_v3_before.json
+
 Each run's machine is copied from its own report (``report.json`` or ``calibration.json``
 in the run folder or beside it). The summaries do not record how many posteriors shared
 the machine, so these are costs under the run's own load, not idle-machine timings.
@@ -18,6 +24,7 @@ the machine, so these are costs under the run's own load, not idle-machine timin
 from __future__ import annotations
 
 import argparse
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +55,41 @@ def _machine(run: Path) -> dict[str, Any] | None:
     return None
 
 
-def run_costs(run: Path) -> dict[str, Any]:
-    """Median, min and max of each cost over the finished posteriors of ``run``."""
+def committed_folders(run: Path, rev: str) -> set[str]:
+    """Names of the sub-folders of ``run`` that git revision ``rev`` holds."""
+    out = subprocess.run(
+        ["git", "ls-tree", "-d", "--name-only", rev, f"{run.as_posix().rstrip('/')}/"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise DiffHMCError(f"git ls-tree {rev}: {out.stderr.strip().splitlines()[-1:]}")
+    return {Path(line).name for line in out.stdout.splitlines()}
+
+
+def run_costs(run: Path, before: str | None = None, after: str | None = None) -> dict[str, Any]:
+    """Median, min and max of each cost over the finished posteriors of ``run`` (with
+    ``before`` / ``after`` a git revision: only those committed at it / added after it)."""
     folders = finished(run, DONE_FILE)
+    selection = "all finished"
+    if before is not None or after is not None:
+        rev = before if before is not None else after
+        assert rev is not None
+        at_rev = committed_folders(run, rev)
+        keep = (
+            (lambda f: f.name in at_rev) if before is not None else (lambda f: f.name not in at_rev)
+        )
+        folders = [f for f in folders if keep(f)]
+        selection = f"committed at {rev}" if before is not None else f"added after {rev}"
     if not folders:
-        raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run}")
+        raise DiffHMCError(f"no finished posteriors (*/{DONE_FILE}) in {run} ({selection})")
     summaries = [load_json(f / DONE_FILE, "posterior summary") for f in folders]
     timing_keys = sorted({k for s in summaries for k in s.get("timings", {})})
     settings = {(s["settings"]["n_timesteps"], s["settings"].get("n_draws", 1)) for s in summaries}
     return {
         "run": str(run),
+        "selection": selection,
         "machine": _machine(run),
         "n_posteriors": len(summaries),
         "settings_K_M": sorted(settings),
@@ -76,12 +108,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, nargs="+", help="batch run folders")
     ap.add_argument("--out", type=Path, default=OUT)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--before", metavar="REV", help="only posteriors committed at REV")
+    which.add_argument("--after", metavar="REV", help="only posteriors added after REV")
     args = ap.parse_args()
+    flags = [f"--{k} {v}" for k, v in (("before", args.before), ("after", args.after)) if v]
+    if args.out != OUT:
+        flags.append(f"--out {args.out}")
     try:
         report = {
             "what": "per-posterior costs recorded by each posterior (median, min, max)",
-            "runs": [run_costs(r) for r in args.runs],
-            "command": "python evaluations/posterior_costs.py " + " ".join(map(str, args.runs)),
+            "runs": [run_costs(r, args.before, args.after) for r in args.runs],
+            "command": " ".join(
+                ["python evaluations/posterior_costs.py", *map(str, args.runs), *flags]
+            ),
         }
     except DiffHMCError as e:
         raise SystemExit(f"error: {e}") from None

@@ -41,3 +41,30 @@ def test_run_costs_medians_and_ranges(tmp_path: Path) -> None:
     assert out["ppc_s"] == {"median": 50.0, "min": 40.0, "max": 60.0}  # only those that ran it
     with pytest.raises(DiffHMCError, match="no finished posteriors"):
         costs.run_costs(tmp_path / "unfinished")
+
+
+def test_before_and_after_a_revision_split_the_posteriors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--before REV keeps the posteriors committed at REV, --after REV the ones added since."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    run = tmp_path / "run"
+    save_json(run / "sim0000_map000000" / "summary.json", _summary(100.0, 1000, None))
+    git("add", "run")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    rev = git("rev-parse", "HEAD")
+    save_json(run / "sim0001_map000000" / "summary.json", _summary(40.0, 1000, None))
+    monkeypatch.chdir(tmp_path)
+    old, new = costs.run_costs(Path("run"), before=rev), costs.run_costs(Path("run"), after=rev)
+    assert (old["n_posteriors"], old["timings_s"]["total_s"]["median"]) == (1, 100.0)
+    assert (new["n_posteriors"], new["timings_s"]["total_s"]["median"]) == (1, 40.0)
+    assert new["selection"] == f"added after {rev}"
+    with pytest.raises(DiffHMCError, match="git ls-tree"):
+        costs.run_costs(Path("run"), before="no-such-rev")
