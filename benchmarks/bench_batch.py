@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffhmc.batch.spec import ClusterSpec
+from diffhmc.batch.spec import ClusterSpec, worker_environ
 from diffhmc.core.fileio import save_json
-from diffhmc.core.machine import GLIBC_TUNABLES, machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.emulator.checkpoint import DEFAULT_MODEL, load_model
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.mcmc import NUTSConfig
@@ -92,8 +92,6 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    # as `diffhmc infer` does (cli re-exec): the workers inherit the malloc tuning
-    os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     cfg = InferenceConfig(
         **ONE_DRAW,
         n_timesteps=args.timesteps,
@@ -110,6 +108,7 @@ def main() -> None:
         "machine": machine_info(),
         "nice": os.nice(0),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "worker_environ": worker_environ(),
         "model": str(DEFAULT_MODEL),
         "dataset": str(args.dataset),
         "split": "test",
@@ -125,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

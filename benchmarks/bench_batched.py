@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.fileio import load_json, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.emulator.checkpoint import LoadedModel, load_model, load_model_for_timing
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.map_likelihood import MapLikelihood, prepare_map
@@ -295,4 +295,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from diffhmc.core.fileio import save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.emulator.sampling import ddim_sample, ddpm_sample
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.emulator.train import diffusion_loss
@@ -95,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -26,7 +26,7 @@ import torch
 
 import diffhmc
 from diffhmc.core.fileio import load_json, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.dataset import load_dataset
 from diffhmc.data.selection import pick_maps
 from diffhmc.emulator.checkpoint import load_model
@@ -90,4 +90,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

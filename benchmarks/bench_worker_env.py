@@ -10,7 +10,13 @@ of the worker process), for three worker environments:
 - ``thresholds_only``: :data:`diffhmc.core.machine.GLIBC_TUNABLES` (what the CLI sets for
   itself) without one malloc arena;
 - ``worker_environ``: :func:`diffhmc.batch.cluster.open_client`'s workers (the thresholds
-  and ``glibc.malloc.arena_max=1``).
+  and ``glibc.malloc.arena_max=1``);
+
+and, for comparison, in the main thread of a fresh process (``python -c``):
+
+- ``main_plain``: no tunables (a driver that does not restart itself);
+- ``main_tunables``: :data:`~diffhmc.core.machine.GLIBC_TUNABLES`, what
+  :func:`~diffhmc.core.machine.reexec_with_tunables` gives the CLI and the drivers.
 
     python benchmarks/bench_worker_env.py -> benchmarks/results/worker_env_cpu.json
 """
@@ -59,6 +65,31 @@ def forwards(n: int, batch: int) -> dict[str, Any]:
     }
 
 
+def in_main_thread(setting: str, n: int, batch: int) -> dict[str, Any]:
+    """:func:`forwards` in the main thread of a fresh process set up as ``setting``."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_")
+    }
+    if setting == "main_tunables":
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from bench_worker_env import "
+        f"forwards; print(json.dumps(forwards({n}, {batch})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def in_worker(setting: str, n: int, batch: int) -> dict[str, Any]:
     """:func:`forwards` in a fresh one-worker ``LocalCluster`` set up as ``setting``."""
     import dask
@@ -93,7 +124,9 @@ def main() -> None:
     results = {}
     for setting in ("dask_default", "thresholds_only", "worker_environ"):
         results[setting] = in_worker(setting, args.forwards, args.batch)
-        r = results[setting]
+    for setting in ("main_plain", "main_tunables"):
+        results[setting] = in_main_thread(setting, args.forwards, args.batch)
+    for setting, r in results.items():
         print(f"{setting}: {r['wall_s']:.1f} s wall, {r['system_s']:.1f} s system")
     save_json(
         args.out,

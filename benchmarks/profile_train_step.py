@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from diffhmc.core.fileio import save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.augment import dihedral
 from diffhmc.emulator.schedule import NoiseSchedule, ScheduleConfig
 from diffhmc.emulator.train import diffusion_loss, draw_noise
@@ -174,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -28,7 +28,7 @@ from diffhmc.baselines.api import load_baseline, shipped_baseline
 from diffhmc.baselines.report import baseline_metrics
 from diffhmc.baselines.shipped import SHIPPED
 from diffhmc.core.fileio import save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.dataset import load_dataset
 
 PAPER = {  # Mudur et al. 2024, REFERENCE.md; CAMELS 256^2 maps, 10 validation fields
@@ -146,4 +146,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -25,7 +25,7 @@ import torch
 
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import file_sha256, load_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.workflows.robustness import load_methods, run_robustness
 from diffhmc.workflows.robustness_paired import write_paired
 from diffhmc.workflows.robustness_report import BASELINE_METHODS, RobustnessConfig, load_results
@@ -91,4 +91,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 
 from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.core.prior import ParamSpace
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.input_reference import SHIPPED_REFERENCE
@@ -314,4 +314,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -23,7 +23,7 @@ import torch
 from diffhmc.baselines import cnn
 from diffhmc.baselines.api import open_baseline
 from diffhmc.core.fileio import save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.dataset import load_dataset
 from diffhmc.data.inputs import map_tensor, param_tensor
 
@@ -87,4 +87,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.fileio import load_json, save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.emulator.checkpoint import load_model, model_sha256, resolve_model
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
 from diffhmc.inference.estimator_noise import (
@@ -514,4 +514,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from diffhmc.core.fileio import file_sha256, load_json, save_figure, save_json
+from diffhmc.core.machine import reexec_with_tunables
 from diffhmc.data.dataset import load_dataset
 from diffhmc.data.selection import held_out_fields
 from diffhmc.emulator.checkpoint import export_for_inference, load_model
@@ -616,4 +617,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

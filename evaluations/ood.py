@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from scipy.ndimage import gaussian_filter
 
 from diffhmc.core.fileio import file_sha256, save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.generate import load_or_generate
 from diffhmc.data.noise import add_log_noise
 from diffhmc.emulator.checkpoint import load_model, model_sha256
@@ -391,4 +391,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -47,7 +47,7 @@ from diffhmc.baselines.shipped import SHIPPED
 from diffhmc.batch.spec import ClusterSpec
 from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import exclusive_lock, file_sha256, load_json, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.inference.config import InferenceConfig
 from diffhmc.workflows.robustness_paired import write_paired
 from diffhmc.workflows.robustness_report import (
@@ -304,4 +304,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from diffhmc.core.fileio import save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.dataset import load_dataset
 from diffhmc.emulator.checkpoint import load_model
 from diffhmc.inference.config import ONE_DRAW, InferenceConfig
@@ -205,4 +205,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

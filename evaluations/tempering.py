@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from diffhmc.core.fileio import save_figure, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.core.prior import ParamSpace
 from diffhmc.evaluation.metrics import in_interval, z_scores
 from diffhmc.workflows.batch_infer import load_batch_run
@@ -176,4 +176,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

@@ -36,7 +36,7 @@ import numpy as np
 
 from diffhmc.baselines.api import load_baseline, shipped_baseline
 from diffhmc.core.fileio import load_json, save_json
-from diffhmc.core.machine import machine_info
+from diffhmc.core.machine import machine_info, reexec_with_tunables
 from diffhmc.data.generate import load_or_generate
 from diffhmc.emulator.checkpoint import load_model, model_sha256
 from diffhmc.inference.input_reference import (
@@ -166,4 +166,5 @@ def add_typicality(args: argparse.Namespace, model: Any, ds: Any) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tunables()  # the network runs in this process
     main()

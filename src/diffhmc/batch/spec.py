@@ -187,8 +187,8 @@ def worker_environ() -> dict[str, str]:
     ``arena_max`` itself. Without them (and with the ``MALLOC_TRIM_THRESHOLD_=65536`` Dask
     puts in its workers by default) every network call gives its activations back to the
     OS and page-faults them in again: 4 forwards of the shipped U-Net at batch 64 took
-    46.9 s (26.0 s of it system time) in a Dask worker on the 2-core CPU, 28.5 s (12.5 s)
-    with the thresholds alone, and 13.4 s (0.2 s) with both, beside a 2-worker run
+    42.1 s (24.2 s of it system time) in a Dask worker on the 2-core CPU, 27.2 s (11.5 s)
+    with the thresholds alone, and 13.8 s (1.6 s) with both, beside a 2-worker run
     (``benchmarks/bench_worker_env.py`` -> ``benchmarks/results/worker_env_cpu.json``)."""
     tunables = os.environ.get("GLIBC_TUNABLES", GLIBC_TUNABLES)
     if "arena_max" not in tunables:

@@ -11,7 +11,6 @@ One module per command (or group of commands) registers its parser and runs it:
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from diffhmc import __version__
 from diffhmc.cli import baseline, dataset, demo, infer, maps, robustness, train
 from diffhmc.cli.common import HelpFormatter, forget_run_dirs, remove_empty_run_dirs
 from diffhmc.core.errors import DiffHMCError
-from diffhmc.core.machine import GLIBC_TUNABLES
+from diffhmc.core.machine import reexec_with_tunables
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -71,22 +70,6 @@ HEAVY_COMMANDS = (
 )
 
 
-def _maybe_reexec_with_tunables(argv: list[str]) -> None:
-    """Restart the process once with GLIBC_TUNABLES set for the network-heavy commands."""
-    if (
-        sys.platform.startswith("linux")
-        and argv
-        and argv[0] in HEAVY_COMMANDS
-        and "GLIBC_TUNABLES" not in os.environ
-        and os.environ.get("DIFFHMC_NO_REEXEC") != "1"
-    ):
-        env = {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES, "DIFFHMC_NO_REEXEC": "1"}
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "diffhmc", *argv], env)
-        except OSError:
-            pass  # carry on without the tuning
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, unwound like Ctrl-C (workers stopped, finished work kept); exit code 143."""
 
@@ -97,7 +80,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line (tests pass argv and never re-exec)
-        _maybe_reexec_with_tunables(sys.argv[1:])
+        if sys.argv[1:2] and sys.argv[1] in HEAVY_COMMANDS:
+            reexec_with_tunables()
         # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: workers stopped, finished kept
         signal.signal(signal.SIGTERM, _interrupt)
     args = build_parser().parse_args(argv)
