@@ -28,8 +28,9 @@ def register(sub: Any) -> None:
         "coverage of the 68 and 95 percent intervals) and robustness.png; with the CNN among "
         "the methods, the paired report against it and the noise-augmented CNN (report.json, "
         "paired.md, robustness_summary.png). Cost: about N (2 L - 1) Diffusion-HMC "
-        "posteriors for L levels, 2-4 min each at the defaults on one CPU core (median 3, up "
-        "to 9; less with --timesteps, --warmup, --samples); the baselines take seconds.",
+        "posteriors for L levels, about 1 min each at the defaults on one CPU core (median "
+        "61 s, up to 3.5 min; less with --timesteps, --warmup, --samples); the baselines take "
+        "seconds.",
         "diffhmc robustness --dataset data/pm64 --n 10 --levels 0 0.01 0.02 0.05 --out runs/robust",
     )
     p.add_argument("--dataset", type=Path, default=Path("data/pm64"), help="dataset folder")
