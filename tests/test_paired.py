@@ -30,6 +30,11 @@ def test_sign_test_exact_values() -> None:
     assert sign_test(a, np.r_[np.ones(5), -np.ones(5)])["p"] == 1.0
     ties = sign_test(np.ones(4), np.ones(4))
     assert ties["n_ties"] == 4 and ties["p"] == 1.0
+    # exact integer arithmetic past the float range of 2**n (n = 1100): 550 vs 550 is p = 1
+    big = sign_test(np.zeros(1100), np.r_[np.ones(550), -np.ones(550)])
+    assert big["p"] == 1.0
+    skew = sign_test(np.zeros(1100), np.r_[np.ones(600), -np.ones(500)])["p"]
+    assert 0.0 < skew < 0.01
 
 
 def test_paired_bootstrap_centre_and_width() -> None:
@@ -92,6 +97,17 @@ def test_paired_input_validation() -> None:
         sign_test([1.0, np.nan], [1.0, 2.0])
     with pytest.raises(DiffHMCError, match="at least one"):
         rate_with_interval([])
+    with pytest.raises(DiffHMCError, match="n_boot=0"):
+        paired_bootstrap([1.0, 2.0], [0.0, 1.0], n_boot=0)
+    with pytest.raises(DiffHMCError, match="level=1.5"):
+        paired_bootstrap([1.0, 2.0], [0.0, 1.0], level=1.5)
+
+
+def test_paired_report_refuses_rows_of_different_maps() -> None:
+    res = _fake_results(6, np.random.default_rng(0))
+    res[("dhmc", 0.05)] = {k: v[::-1].copy() for k, v in res[("dhmc", 0.05)].items()}
+    with pytest.raises(DiffHMCError, match="'dhmc' with 'cnn' at 0.05 dex"):
+        paired_report(res, ["cnn", "dhmc"], [0.0, 0.05], ["Omega_m", "sigma_8"], n_boot=50)
 
 
 def _fake_results(

@@ -68,6 +68,10 @@ def paired_bootstrap(
     """``{"mean_diff", "ci"}``: the mean of ``a - b`` and its bootstrap interval (module
     docstring); ``seed`` fixes the resamples."""
     d = _pairs(a, b)
+    if int(n_boot) < 1 or not 0.0 < level < 1.0:
+        raise DiffHMCError(
+            f"need n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}"
+        )
     rng = np.random.default_rng(seed)
     means = np.concatenate(
         [
@@ -86,7 +90,7 @@ def sign_test(a: Any, b: Any) -> dict[str, Any]:
     lower, higher = int((d < 0).sum()), int((d > 0).sum())
     n = lower + higher
     k = min(lower, higher)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n if n else 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0  # exact for any n
     return {"n_lower": lower, "n_higher": higher, "n_ties": len(d) - n, "p": min(1.0, 2 * tail)}
 
 

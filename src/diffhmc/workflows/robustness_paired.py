@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from diffhmc import __version__
+from diffhmc.core.errors import DiffHMCError
 from diffhmc.core.fileio import atomic_path, save_figure, save_json
 from diffhmc.workflows.robustness_report import METHOD_LABELS, RobustnessConfig
 
@@ -119,6 +120,13 @@ def paired_report(
     n_maps = None
     for lv in levels:
         by_param: dict[str, Any] = {}
+        truth = results[(methods[0], lv)]["truth"]
+        for m in methods:
+            if not np.array_equal(results[(m, lv)]["truth"], truth):
+                raise DiffHMCError(
+                    f"cannot pair {m!r} with {methods[0]!r} at {lv:g} dex: their rows are not "
+                    "the same maps (the true parameters differ)"
+                )
         scores = {m: per_map_scores(results[(m, lv)]) for m in methods}
         for j, name in enumerate(names):
             cell: dict[str, Any] = {}
