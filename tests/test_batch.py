@@ -361,3 +361,20 @@ def test_worker_environ_sets_one_arena_and_keeps_the_callers(
     key = "distributed.nanny.pre-spawn-environ"
     with dask.config.set({f"{key}.{k}": v for k, v in env.items()}):
         assert _get_env_variables(key)["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"]
+
+
+def test_local_workers_get_one_arena_when_the_parent_has_tunables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parent started with GLIBC_TUNABLES (as the CLI and the drivers restart themselves)
+    still gives its local workers worker_environ's value: a nanny prefers its own process's
+    variable over the config, so open_client sets both while the workers spawn, and the
+    parent's environment is as it was afterwards."""
+    from diffhmc.batch.cluster import open_client
+    from diffhmc.core.machine import GLIBC_TUNABLES
+
+    monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_TUNABLES)
+    with open_client(ClusterSpec(mode="local", workers=1, threads_per_worker=1)) as client:
+        seen = client.run(lambda: os.environ.get("GLIBC_TUNABLES"))
+        assert os.environ["GLIBC_TUNABLES"] == GLIBC_TUNABLES
+    assert list(seen.values()) == [f"{GLIBC_TUNABLES}:glibc.malloc.arena_max=1"]

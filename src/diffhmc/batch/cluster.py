@@ -73,6 +73,21 @@ class BatchResult:
 
 
 @contextmanager
+def _environ(updates: dict[str, str]) -> Iterator[None]:
+    """Set ``updates`` in ``os.environ`` for the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def open_client(spec: ClusterSpec, n_jobs: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` on the cluster described by ``spec`` (closed on exit).
 
@@ -99,9 +114,13 @@ def open_client(spec: ClusterSpec, n_jobs: int | None = None) -> Iterator[Any]:
     if spec.mode == "local":
         import dask
 
-        # set in each worker before it starts (batch.spec.worker_environ)
-        env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_environ().items()}
-        with dask.config.set(env):
+        # set in each worker before it starts (batch.spec.worker_environ). A nanny takes a
+        # pre-spawn variable from its own process's environment when that has it, over the
+        # config: a parent started with GLIBC_TUNABLES (the CLI and the drivers restart
+        # themselves with it) would otherwise pass its own, without the one arena, on
+        wenv = worker_environ()
+        env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in wenv.items()}
+        with dask.config.set(env), _environ(wenv):
             cluster = LocalCluster(
                 n_workers=n,
                 threads_per_worker=spec.threads_per_worker,
