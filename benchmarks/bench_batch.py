@@ -4,7 +4,8 @@ data/pm64 and fast inference settings.
 
     nice -n 5 python benchmarks/bench_batch.py     # writes benchmarks/results/batch_cpu.json
 
-Each configuration gets a fresh ``LocalCluster`` (processes, one thread each) and runs the
+Each configuration gets a fresh local cluster from :func:`diffhmc.batch.cluster.open_client`
+(processes, one thread each, with the workers' malloc set-up) and runs the
 same ``--n`` maps through :func:`diffhmc.workflows.batch_infer.infer_dataset` (the code path of
 ``diffhmc infer --dataset``; the cluster is passed as a scheduler address so that worker
 memory can be read before it closes). ``batch_s`` runs from submission to the table,
@@ -40,28 +41,22 @@ def _peak_rss_mib() -> float:
 def run_config(
     workers: int, dataset: Path, n: int, cfg: InferenceConfig, out: Path
 ) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
-
+    from diffhmc.batch.cluster import open_client
     from diffhmc.workflows.batch_infer import infer_dataset
 
     model = load_model(None)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    client = Client(cluster)
-    client.wait_for_workers(workers)
-    startup = time.perf_counter() - t0
-    try:
-        spec = ClusterSpec(mode="scheduler", address=cluster.scheduler_address)
+    # the workers every local run gets (batch.spec.worker_environ's malloc set-up)
+    with open_client(ClusterSpec(mode="local", workers=workers, threads_per_worker=1)) as client:
+        client.wait_for_workers(workers)
+        startup = time.perf_counter() - t0
+        spec = ClusterSpec(mode="scheduler", address=client.scheduler.address)
         t1 = time.perf_counter()
         infer_dataset(dataset, "test", n, model, cfg, out, cluster=spec, progress=False)
         batch_s = time.perf_counter() - t1
         rss = client.run(_peak_rss_mib)
-    finally:
-        client.close()
-        cluster.close()
+        tunables = sorted(set(client.run(lambda: os.environ.get("GLIBC_TUNABLES")).values()))
     table = json.loads((out / "table.json").read_text())
     per_map = [r["seconds"] for r in table]
     return {
@@ -74,6 +69,7 @@ def run_config(
         "seconds_per_posterior": [round(s, 1) for s in per_map],
         "mean_seconds_per_posterior": round(sum(per_map) / len(per_map), 1),
         "peak_rss_mib_per_worker": sorted(round(v, 1) for v in rss.values()),
+        "worker_glibc_tunables": tunables,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "max_abs_rhat_minus_1": max(
