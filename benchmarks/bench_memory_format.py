@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.batch < 1 or args.reps < 1:
         ap.error(f"--batch and --reps must be >= 1, got {args.batch} and {args.reps}")
-    import os
-
     result = {
         "batch": args.batch,
         "reps": args.reps,

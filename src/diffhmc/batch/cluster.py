@@ -117,7 +117,9 @@ def open_client(spec: ClusterSpec, n_jobs: int | None = None) -> Iterator[Any]:
         # set in each worker before it starts (batch.spec.worker_environ). A nanny takes a
         # pre-spawn variable from its own process's environment when that has it, over the
         # config: a parent started with GLIBC_TUNABLES (the CLI and the drivers restart
-        # themselves with it) would otherwise pass its own, without the one arena, on
+        # themselves with it) would otherwise pass its own, without the one arena, on. Both
+        # are needed: the config names the variable, and the nanny keeps the value it read
+        # here for the workers it restarts later, after os.environ is restored
         wenv = worker_environ()
         env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in wenv.items()}
         with dask.config.set(env), _environ(wenv):
